@@ -1,0 +1,148 @@
+/*
+ * compat: the differences between mbedTLS 2.28 (Debian 12) and 3.6, in one
+ * place. Everything else calls these and never tests the version itself.
+ */
+#ifndef UPSEAL_COMPAT_H
+#define UPSEAL_COMPAT_H
+
+#include <mbedtls/version.h>
+#if MBEDTLS_VERSION_MAJOR >= 3
+#include <mbedtls/build_info.h>
+#include <psa/crypto.h>
+#define UPSEAL_MBEDTLS3 1
+#else
+#include <mbedtls/config.h>
+#define UPSEAL_MBEDTLS3 0
+#endif
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/sha256.h>
+#include <mbedtls/ssl.h>
+
+static inline int compat_sha256(const unsigned char *in, size_t len,
+    unsigned char out[32])
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_sha256(in, len, out, 0);
+#else
+	return mbedtls_sha256_ret(in, len, out, 0);
+#endif
+}
+
+/* Parse a private key from a file (PEM or DER). */
+static inline int compat_pk_parse_keyfile(mbedtls_pk_context *pk,
+    const char *path, mbedtls_ctr_drbg_context *rng)
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_pk_parse_keyfile(pk, path, NULL, mbedtls_ctr_drbg_random, rng);
+#else
+	(void)rng;
+	return mbedtls_pk_parse_keyfile(pk, path, NULL);
+#endif
+}
+
+/* Parse a private key from memory (PEM needs the terminating NUL in len). */
+static inline int compat_pk_parse_key(mbedtls_pk_context *pk,
+    const unsigned char *buf, size_t len, mbedtls_ctr_drbg_context *rng)
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_pk_parse_key(pk, buf, len, NULL, 0, mbedtls_ctr_drbg_random, rng);
+#else
+	(void)rng;
+	return mbedtls_pk_parse_key(pk, buf, len, NULL, 0);
+#endif
+}
+
+/* 0 if prv is the private half of pub's key pair. */
+static inline int compat_pk_check_pair(const mbedtls_pk_context *pub,
+    const mbedtls_pk_context *prv, mbedtls_ctr_drbg_context *rng)
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_pk_check_pair(pub, prv, mbedtls_ctr_drbg_random, rng);
+#else
+	(void)rng;
+	return mbedtls_pk_check_pair(pub, prv);
+#endif
+}
+
+/* Process-wide crypto set-up (PSA on 3.x). 0 or an error code. */
+static inline int compat_crypto_init(void)
+{
+#if UPSEAL_MBEDTLS3
+	return psa_crypto_init() == PSA_SUCCESS ? 0 : -1;
+#else
+	return 0;
+#endif
+}
+
+static inline int compat_handshake_over(const mbedtls_ssl_context *ssl)
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_ssl_is_handshake_over((mbedtls_ssl_context *)ssl);
+#else
+	return ssl->state == MBEDTLS_SSL_HANDSHAKE_OVER;
+#endif
+}
+
+/* The raw SubjectPublicKeyInfo (DER) of a parsed certificate. */
+#if UPSEAL_MBEDTLS3
+#define COMPAT_CRT_PK_RAW(crt) ((crt)->pk_raw)
+#else
+#define COMPAT_CRT_PK_RAW(crt) ((crt)->pk_raw)
+#endif
+
+/* TLS 1.2 as the lowest version; 1.3 too where the library has it. */
+static inline void compat_conf_versions(mbedtls_ssl_config *conf)
+{
+#if UPSEAL_MBEDTLS3
+	mbedtls_ssl_conf_min_tls_version(conf, MBEDTLS_SSL_VERSION_TLS1_2);
+#else
+	mbedtls_ssl_conf_min_version(conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+	    MBEDTLS_SSL_MINOR_VERSION_3);
+	mbedtls_ssl_conf_max_version(conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+	    MBEDTLS_SSL_MINOR_VERSION_3);
+#endif
+}
+
+/* Key exchange groups: X25519 first, then P-256; never P-521 by default. */
+static inline void compat_conf_groups(mbedtls_ssl_config *conf)
+{
+#if UPSEAL_MBEDTLS3
+	static const uint16_t groups[] = {
+		MBEDTLS_SSL_IANA_TLS_GROUP_X25519,
+		MBEDTLS_SSL_IANA_TLS_GROUP_SECP256R1,
+		MBEDTLS_SSL_IANA_TLS_GROUP_NONE,
+	};
+	mbedtls_ssl_conf_groups(conf, groups);
+#else
+	static const mbedtls_ecp_group_id curves[] = {
+		MBEDTLS_ECP_DP_CURVE25519,
+		MBEDTLS_ECP_DP_SECP256R1,
+		MBEDTLS_ECP_DP_NONE,
+	};
+	mbedtls_ssl_conf_curves(conf, curves);
+#endif
+}
+
+/*
+ * The offered suites, fastest first on the linked library: ECDHE-ECDSA
+ * with an AEAD cipher only (plus the TLS 1.3 suites where 1.3 exists).
+ */
+static inline const int *compat_ciphersuites(void)
+{
+	static const int suites[] = {
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+		MBEDTLS_TLS1_3_CHACHA20_POLY1305_SHA256,
+		MBEDTLS_TLS1_3_AES_128_GCM_SHA256,
+		MBEDTLS_TLS1_3_AES_256_GCM_SHA384,
+#endif
+		MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+		MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+		MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+		0,
+	};
+	return suites;
+}
+
+#endif

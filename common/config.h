@@ -1,0 +1,67 @@
+/*
+ * config: an ini file (parsed with inih) into a typed, validated,
+ * read-only configuration. One section [upseal] for the process; every
+ * other section is a tunnel named by the section, in the role of the
+ * binary that reads the file.
+ */
+#ifndef UPSEAL_CONFIG_H
+#define UPSEAL_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "addr.h"
+#include "log.h"
+#include "pin.h"
+
+enum cfg_role { CFG_CLIENT, CFG_SERVER };
+
+#define CFG_NAME_MAX 64
+
+struct cfg_tunnel {
+	char name[CFG_NAME_MAX];
+	int line;			/* line of the [section] header */
+	struct addr listen;
+	struct addr connect;
+	char *cert;			/* paths, as written (heap) */
+	char *key;
+	char *ca;			/* NULL if not set */
+	char *server_name;		/* client role: NULL if not set */
+	struct pin *pins;		/* npins entries (heap) */
+	size_t npins;
+	uint64_t connect_timeout_ms;	/* default 5s */
+	uint64_t handshake_timeout_ms;	/* default 10s */
+	uint64_t idle_timeout_ms;	/* default 5m; 0 = never */
+	unsigned max_connections;	/* default 10000 */
+	bool allow_remote;		/* default false */
+};
+
+struct cfg {
+	char *path;
+	enum log_level log_level;	/* default info */
+	bool log_json;			/* log_format = json; default text */
+	uint64_t drain_timeout_ms;	/* default 15s */
+	struct cfg_tunnel *tunnels;	/* ntunnels entries (heap) */
+	size_t ntunnels;
+};
+
+/*
+ * Load and validate path for role. On success *out owns a new cfg (free
+ * with cfg_free) and 0 is returned. On error returns -1, *out is NULL, and
+ * err holds one line naming `FILE:LINE: [section] key: what is wrong,
+ * what is expected`.
+ */
+int cfg_load(const char *path, enum cfg_role role, struct cfg **out,
+    char *err, size_t errlen);
+
+/* Free a cfg; cfg_free(NULL) is a no-op. */
+void cfg_free(struct cfg *c);
+
+/*
+ * Parse a duration with a unit: `250ms`, `10s`, `5m`, `1h`; `0` alone is
+ * accepted (zero needs no unit). 0 or -1.
+ */
+int cfg_parse_duration(const char *text, uint64_t *ms);
+
+#endif

@@ -1,0 +1,35 @@
+/*
+ * conn: one proxied connection: the plaintext end, the TLS end, the
+ * buffers between them, backpressure, half-close, timeouts and teardown.
+ *
+ * Roles: in the client role the plaintext end is accepted and the TLS end
+ * is dialed; in the server role the TLS end is accepted, and the
+ * plaintext backend is dialed only after the peer passed the handshake.
+ */
+#ifndef UPSEAL_CONN_H
+#define UPSEAL_CONN_H
+
+#include <stdint.h>
+
+#include "tunnel.h"
+
+/*
+ * Accept one pending connection from t's listener and start serving it.
+ * On failure (no memory, accept error) the pending connection is closed
+ * and the reason logged. The conn is linked into t->conns and counted in
+ * t->live until it is freed.
+ */
+void conn_accept(struct tunnel *t);
+
+/*
+ * End the connection for reason (a short snake_case word that becomes
+ * the log's reason=). Safe to call more than once; only the first reason
+ * counts. Stops timers, closes both ends, logs `conn_end`; the memory is
+ * freed once the last close callback has run.
+ */
+void conn_drop(struct conn *c, const char *reason);
+
+/* The next connection in a tunnel's list (for tunnel_drop_all). */
+struct conn *conn_next(struct conn *c);
+
+#endif

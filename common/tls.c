@@ -1,0 +1,293 @@
+#include "tls.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <mbedtls/error.h>
+#include <mbedtls/x509.h>
+
+#include "compat.h"
+#include "log.h"
+#include "rng.h"
+
+struct tls_ctx {
+	enum cfg_role role;
+	mbedtls_ssl_config conf;
+	mbedtls_x509_crt own_crt;
+	mbedtls_pk_context own_key;
+	mbedtls_x509_crt ca;
+	bool has_ca;
+	struct pin *pins;
+	size_t npins;
+	char *server_name;	/* client role with a CA: the name to check */
+	char *sni;		/* client role: the name sent, or NULL */
+};
+
+/* Say why a file cannot be used, preferring the OS's reason. */
+static void file_error(char *err, size_t errlen, const char *tunnel,
+    const char *key, const char *path, const char *what, int tlsrc)
+{
+	struct stat st;
+	char tlsmsg[200];
+	if (stat(path, &st) != 0) {
+		snprintf(err, errlen, "[%s] %s: %s: cannot read: %s", tunnel,
+		    key, path, strerror(errno));
+		return;
+	}
+	snprintf(err, errlen, "[%s] %s: %s: %s: %s", tunnel, key, path, what,
+	    log_tlserr(tlsrc, tlsmsg, sizeof tlsmsg));
+}
+
+static int load_crt(mbedtls_x509_crt *crt, const struct cfg_tunnel *t,
+    const char *key, const char *path, char *err, size_t errlen)
+{
+	int rc = mbedtls_x509_crt_parse_file(crt, path);
+	if (rc < 0) {
+		file_error(err, errlen, t->name, key, path,
+		    "not a PEM or DER certificate", rc);
+		return -1;
+	}
+	if (rc > 0) {
+		snprintf(err, errlen, "[%s] %s: %s: %d certificate(s) in the "
+		    "file could not be parsed", t->name, key, path, rc);
+		return -1;
+	}
+	return 0;
+}
+
+static bool is_ip_literal(const char *host)
+{
+	return strchr(host, ':') != NULL ||
+	    strspn(host, "0123456789.") == strlen(host);
+}
+
+static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
+    char *err, size_t errlen)
+{
+	char msg[200];
+	int endpoint = ctx->role == CFG_SERVER ? MBEDTLS_SSL_IS_SERVER :
+	    MBEDTLS_SSL_IS_CLIENT;
+	int rc = mbedtls_ssl_config_defaults(&ctx->conf, endpoint,
+	    MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+	if (rc != 0) {
+		snprintf(err, errlen, "[%s] TLS set-up failed: %s", t->name,
+		    log_tlserr(rc, msg, sizeof msg));
+		return -1;
+	}
+	compat_conf_versions(&ctx->conf);
+	compat_conf_groups(&ctx->conf);
+	mbedtls_ssl_conf_ciphersuites(&ctx->conf, compat_ciphersuites());
+	mbedtls_ssl_conf_rng(&ctx->conf, rng_random, NULL);
+#if defined(MBEDTLS_SSL_RENEGOTIATION)
+	mbedtls_ssl_conf_renegotiation(&ctx->conf,
+	    MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+#endif
+	mbedtls_ssl_conf_legacy_renegotiation(&ctx->conf,
+	    MBEDTLS_SSL_LEGACY_NO_RENEGOTIATION);
+	/*
+	 * OPTIONAL, not REQUIRED: with pins and no CA a self-signed peer must
+	 * reach the verify callback, which is where the decision is made;
+	 * a peer without a certificate is refused by tls_check_peer.
+	 */
+	mbedtls_ssl_conf_authmode(&ctx->conf, MBEDTLS_SSL_VERIFY_OPTIONAL);
+	if (ctx->has_ca)
+		mbedtls_ssl_conf_ca_chain(&ctx->conf, &ctx->ca, NULL);
+	rc = mbedtls_ssl_conf_own_cert(&ctx->conf, &ctx->own_crt, &ctx->own_key);
+	if (rc != 0) {
+		snprintf(err, errlen, "[%s] cert: %s: cannot be used: %s",
+		    t->name, t->cert, log_tlserr(rc, msg, sizeof msg));
+		return -1;
+	}
+	return 0;
+}
+
+int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
+    struct tls_ctx **out, char *err, size_t errlen)
+{
+	char msg[200];
+	*out = NULL;
+	if (rng_init() != 0) {
+		snprintf(err, errlen, "cannot seed the random generator");
+		return -1;
+	}
+	struct tls_ctx *ctx = calloc(1, sizeof *ctx);
+	if (ctx == NULL)
+		goto fail_nomem;
+	ctx->role = role;
+	mbedtls_ssl_config_init(&ctx->conf);
+	mbedtls_x509_crt_init(&ctx->own_crt);
+	mbedtls_pk_init(&ctx->own_key);
+	mbedtls_x509_crt_init(&ctx->ca);
+
+	if (load_crt(&ctx->own_crt, t, "cert", t->cert, err, errlen) != 0)
+		goto fail;
+	int rc = compat_pk_parse_keyfile(&ctx->own_key, t->key, rng_get());
+	if (rc != 0) {
+		file_error(err, errlen, t->name, "key", t->key,
+		    "not a PEM or DER private key (encrypted keys are not "
+		    "supported)", rc);
+		goto fail;
+	}
+	rc = compat_pk_check_pair(&ctx->own_crt.pk, &ctx->own_key, rng_get());
+	if (rc != 0) {
+		snprintf(err, errlen, "[%s] key: %s does not match the "
+		    "certificate %s (%s)", t->name, t->key, t->cert,
+		    log_tlserr(rc, msg, sizeof msg));
+		goto fail;
+	}
+	if (t->ca != NULL) {
+		if (load_crt(&ctx->ca, t, "ca", t->ca, err, errlen) != 0)
+			goto fail;
+		ctx->has_ca = true;
+	}
+	if (t->npins > 0) {
+		ctx->pins = calloc(t->npins, sizeof *ctx->pins);
+		if (ctx->pins == NULL)
+			goto fail_nomem;
+		memcpy(ctx->pins, t->pins, t->npins * sizeof *ctx->pins);
+		ctx->npins = t->npins;
+	}
+	if (role == CFG_CLIENT) {
+		const char *name = t->server_name;
+		if (name == NULL && t->connect.kind == ADDR_TCP &&
+		    !is_ip_literal(t->connect.host))
+			name = t->connect.host;
+		if (name != NULL && (ctx->sni = strdup(name)) == NULL)
+			goto fail_nomem;
+		if (ctx->has_ca && name != NULL &&
+		    (ctx->server_name = strdup(name)) == NULL)
+			goto fail_nomem;
+	}
+	if (conf_setup(ctx, t, err, errlen) != 0)
+		goto fail;
+	*out = ctx;
+	return 0;
+
+fail_nomem:
+	snprintf(err, errlen, "[%s] out of memory", t->name);
+fail:
+	tls_ctx_free(ctx);
+	return -1;
+}
+
+void tls_ctx_free(struct tls_ctx *ctx)
+{
+	if (ctx == NULL)
+		return;
+	mbedtls_ssl_config_free(&ctx->conf);
+	mbedtls_x509_crt_free(&ctx->own_crt);
+	mbedtls_pk_free(&ctx->own_key);	/* zeroizes the key */
+	mbedtls_x509_crt_free(&ctx->ca);
+	free(ctx->pins);
+	free(ctx->server_name);
+	free(ctx->sni);
+	free(ctx);
+}
+
+/*
+ * Called by mbedTLS for each certificate of the peer's chain, the root
+ * first and the peer's own certificate (depth 0) last. Returning non-zero
+ * aborts the handshake with a fatal alert: a rejected peer never gets to
+ * send or receive application data.
+ */
+static int verify_cb(void *arg, mbedtls_x509_crt *crt, int depth,
+    uint32_t *flags)
+{
+	struct tls_peer *peer = arg;
+	const struct tls_ctx *ctx = peer->ctx;
+
+	peer->chain_flags |= *flags;
+	if (depth != 0) {
+		if (!ctx->has_ca)
+			*flags = 0;
+		return 0;
+	}
+	if (pin_of_crt(crt, &peer->pin) == 0)
+		peer->has_pin = true;
+	if (ctx->has_ca) {
+		uint32_t name_flag = MBEDTLS_X509_BADCERT_CN_MISMATCH;
+		if (peer->chain_flags & ~name_flag) {
+			peer->verdict = TLS_PEER_CHAIN_INVALID;
+			return MBEDTLS_ERR_X509_CERT_VERIFY_FAILED;
+		}
+		if (peer->chain_flags & name_flag) {
+			peer->verdict = TLS_PEER_NAME_MISMATCH;
+			return MBEDTLS_ERR_X509_CERT_VERIFY_FAILED;
+		}
+	}
+	if (ctx->npins > 0 &&
+	    (!peer->has_pin || !pin_in(&peer->pin, ctx->pins, ctx->npins))) {
+		peer->verdict = TLS_PEER_PIN_MISMATCH;
+		return MBEDTLS_ERR_X509_CERT_VERIFY_FAILED;
+	}
+	/* Pinned (and chained, with a CA): nothing left to object to. */
+	*flags = 0;
+	return 0;
+}
+
+int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
+    struct tls_peer *peer)
+{
+	memset(peer, 0, sizeof *peer);
+	peer->ctx = ctx;
+	int rc = mbedtls_ssl_setup(ssl, &ctx->conf);
+	if (rc != 0)
+		return rc;
+	mbedtls_ssl_set_verify(ssl, verify_cb, peer);
+	if (ctx->role == CFG_CLIENT) {
+		/* 3.6 requires the call even without a name (NULL). */
+		rc = mbedtls_ssl_set_hostname(ssl,
+		    ctx->server_name ? ctx->server_name : ctx->sni);
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
+}
+
+enum tls_verdict tls_check_peer(mbedtls_ssl_context *ssl, struct tls_peer *peer)
+{
+	const struct tls_ctx *ctx = peer->ctx;
+	const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(ssl);
+
+	if (crt == NULL)
+		return peer->verdict = TLS_PEER_NO_CERT;
+	/* A resumed session skipped verify_cb: judge its certificate here. */
+	if (pin_of_crt(crt, &peer->pin) != 0)
+		return peer->verdict = TLS_PEER_PIN_MISMATCH;
+	peer->has_pin = true;
+	if (ctx->has_ca && mbedtls_ssl_get_verify_result(ssl) != 0)
+		return peer->verdict = TLS_PEER_CHAIN_INVALID;
+	if (ctx->npins > 0 && !pin_in(&peer->pin, ctx->pins, ctx->npins))
+		return peer->verdict = TLS_PEER_PIN_MISMATCH;
+	return peer->verdict = TLS_PEER_OK;
+}
+
+const char *tls_verdict_reason(enum tls_verdict v)
+{
+	switch (v) {
+	case TLS_PEER_OK:
+		return "ok";
+	case TLS_PEER_PIN_MISMATCH:
+		return "pin_mismatch";
+	case TLS_PEER_CHAIN_INVALID:
+		return "chain_invalid";
+	case TLS_PEER_NAME_MISMATCH:
+		return "name_mismatch";
+	case TLS_PEER_NO_CERT:
+		return "no_cert";
+	}
+	return "unknown";
+}
+
+const char *tls_version_name(const mbedtls_ssl_context *ssl)
+{
+	return mbedtls_ssl_get_version(ssl);
+}
+
+const char *tls_suite_name(const mbedtls_ssl_context *ssl)
+{
+	return mbedtls_ssl_get_ciphersuite(ssl);
+}

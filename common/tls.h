@@ -1,0 +1,75 @@
+/*
+ * tls: one mbedTLS configuration per tunnel and role (own certificate and
+ * key, pins, optional CA), and the per-connection peer check: the verify
+ * callback that rejects an unpinned or unchained peer inside the
+ * handshake, and the check after the handshake that a certificate was
+ * presented at all and is pinned (resumed sessions included).
+ */
+#ifndef UPSEAL_TLS_H
+#define UPSEAL_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <mbedtls/ssl.h>
+
+#include "config.h"
+#include "pin.h"
+
+struct tls_ctx;
+
+enum tls_verdict {
+	TLS_PEER_OK = 0,
+	TLS_PEER_PIN_MISMATCH,	/* key not among the pins */
+	TLS_PEER_CHAIN_INVALID,	/* ca set: chain does not verify (or expired) */
+	TLS_PEER_NAME_MISMATCH,	/* ca set, client role: server name not in cert */
+	TLS_PEER_NO_CERT,	/* the peer presented no certificate */
+};
+
+/* What one connection learned about its peer during the handshake. */
+struct tls_peer {
+	const struct tls_ctx *ctx;
+	uint32_t chain_flags;	/* mbedTLS verify flags, all depths */
+	enum tls_verdict verdict;
+	bool has_pin;
+	struct pin pin;		/* the peer's key, once seen */
+};
+
+/*
+ * Build the configuration for tunnel t in role: loads cert, key (and
+ * checks they are a pair) and ca. On error returns -1 and err names the
+ * tunnel, the file and what is wrong. *out is owned by the caller
+ * (tls_ctx_free); it keeps no pointer into t.
+ */
+int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
+    struct tls_ctx **out, char *err, size_t errlen);
+
+/* Free a context; NULL is a no-op. No session may still use it. */
+void tls_ctx_free(struct tls_ctx *ctx);
+
+/*
+ * Set up ssl for one connection: mbedtls_ssl_setup with ctx's
+ * configuration, the per-connection verify callback writing into *peer,
+ * and (client role) the server name. peer must outlive ssl. The caller
+ * sets the BIO. Returns 0 or an mbedTLS error code.
+ */
+int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
+    struct tls_peer *peer);
+
+/*
+ * After a completed handshake (full or resumed): the peer must have
+ * presented a certificate, and its key must be pinned (and, with a CA,
+ * the session must have verified). Fills peer->pin and returns the
+ * verdict.
+ */
+enum tls_verdict tls_check_peer(mbedtls_ssl_context *ssl, struct tls_peer *peer);
+
+/* A word for the log: "pin_mismatch", "chain_invalid", ... */
+const char *tls_verdict_reason(enum tls_verdict v);
+
+/* The negotiated protocol and suite, for the log ("TLSv1.2", "TLS-ECDHE-..."). */
+const char *tls_version_name(const mbedtls_ssl_context *ssl);
+const char *tls_suite_name(const mbedtls_ssl_context *ssl);
+
+#endif
