@@ -21,6 +21,8 @@
 #define CHUNK (64 * 1024)
 /* A chunk of plaintext becomes at most four records of 16 KiB. */
 #define TLS_OUT_CAP (CHUNK + 4 * 64)
+/* The standard write buffer fits either. */
+#define WBUF_CAP TLS_OUT_CAP
 
 enum phase { PH_DIAL, PH_HANDSHAKE, PH_RELAY };
 
@@ -152,16 +154,49 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	buf->len = sizeof read_buf;
 }
 
+/*
+ * Write buffers of the standard size are recycled through a small
+ * per-thread free list: a 64 KiB malloc/free per chunk makes glibc grow
+ * and trim the heap with brk(2) on every chunk, which measured as most of
+ * the relay's system time.
+ */
+#define WBUF_POOL_MAX 32
+static _Thread_local struct wbuf *wbuf_pool[WBUF_POOL_MAX];
+static _Thread_local unsigned wbuf_pooled;
+
 static struct wbuf *wbuf_new(struct conn *c, size_t cap)
 {
-	struct wbuf *w = malloc(sizeof *w + cap);
-	if (w == NULL)
-		return NULL;
+	struct wbuf *w;
+	if (cap <= WBUF_CAP && wbuf_pooled > 0) {
+		w = wbuf_pool[--wbuf_pooled];
+	} else {
+		if (cap < WBUF_CAP)
+			cap = WBUF_CAP;
+		w = malloc(sizeof *w + cap);
+		if (w == NULL)
+			return NULL;
+		w->cap = cap;
+	}
 	w->c = c;
 	w->len = 0;
-	w->cap = cap;
 	w->req.data = w;
 	return w;
+}
+
+static void wbuf_free(struct wbuf *w)
+{
+	if (w == NULL)
+		return;
+	if (w->cap == WBUF_CAP && wbuf_pooled < WBUF_POOL_MAX)
+		wbuf_pool[wbuf_pooled++] = w;
+	else
+		free(w);
+}
+
+void conn_release_buffers(void)
+{
+	while (wbuf_pooled > 0)
+		free(wbuf_pool[--wbuf_pooled]);
 }
 
 /* ---- teardown ---- */
@@ -174,7 +209,7 @@ static void conn_free(struct conn *c)
 	if (c->ai_list != NULL)
 		uv_freeaddrinfo(c->ai_list);
 	free(c->in_saved);
-	free(c->tls_out);
+	wbuf_free(c->tls_out);
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else
@@ -357,7 +392,7 @@ static void on_tls_written(uv_write_t *req, int status)
 	struct wbuf *w = req->data;
 	struct conn *c = w->c;
 	c->tls_queued -= w->len;
-	free(w);
+	wbuf_free(w);
 	if (c->dropped)
 		return;
 	if (status < 0) {
@@ -380,7 +415,7 @@ static void flush_tls(struct conn *c)
 	uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
 	int rc = uv_write(&w->req, &c->tls.s, &b, 1, on_tls_written);
 	if (rc != 0) {
-		free(w);
+		wbuf_free(w);
 		set_error_uv(c, "TLS write", rc);
 		drop(c, "tls_error", true);
 		return;
@@ -396,7 +431,7 @@ static int bio_send(void *arg, const unsigned char *buf, size_t len)
 	if (c->tls_out != NULL && c->tls_out->cap - c->tls_out->len < len)
 		flush_tls(c);
 	if (c->tls_out == NULL) {
-		c->tls_out = wbuf_new(c, len > TLS_OUT_CAP ? len : TLS_OUT_CAP);
+		c->tls_out = wbuf_new(c, len);
 		if (c->tls_out == NULL)
 			return MBEDTLS_ERR_SSL_ALLOC_FAILED;
 	}
@@ -445,7 +480,7 @@ static void on_plain_written(uv_write_t *req, int status)
 	struct wbuf *w = req->data;
 	struct conn *c = w->c;
 	c->plain_queued -= w->len;
-	free(w);
+	wbuf_free(w);
 	if (c->dropped)
 		return;
 	if (status < 0) {
@@ -535,7 +570,7 @@ static void plain_write(struct conn *c, struct wbuf *w)
 	uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
 	int rc = uv_write(&w->req, &c->plain.s, &b, 1, on_plain_written);
 	if (rc != 0) {
-		free(w);
+		wbuf_free(w);
 		set_error_uv(c, "plaintext write", rc);
 		drop(c, "plain_error", false);
 		return;
@@ -552,7 +587,7 @@ static void plain_write(struct conn *c, struct wbuf *w)
 static void tls_drain(struct conn *c)
 {
 	while (!c->t2p_eof && c->plain_queued < RELAY_HIGH && !c->dropped) {
-		struct wbuf *w = wbuf_new(c, CHUNK);
+		struct wbuf *w = wbuf_new(c, WBUF_CAP);
 		if (w == NULL) {
 			drop(c, "nomem", true);
 			return;
@@ -568,7 +603,7 @@ static void tls_drain(struct conn *c)
 		if (w->len > 0)
 			plain_write(c, w);
 		else
-			free(w);
+			wbuf_free(w);
 		if (c->dropped)
 			return;
 		if (rc > 0)

@@ -29,6 +29,9 @@ void conn_accept(struct tunnel *t);
  */
 void conn_drop(struct conn *c, const char *reason);
 
+/* Free this thread's recycled write buffers (at exit, for leak checks). */
+void conn_release_buffers(void);
+
 /* The next connection in a tunnel's list (for tunnel_drop_all). */
 struct conn *conn_next(struct conn *c);
 

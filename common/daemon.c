@@ -7,6 +7,7 @@
 
 #include <uv.h>
 
+#include "conn.h"
 #include "log.h"
 #include "rng.h"
 #include "tls.h"
@@ -196,6 +197,7 @@ static int run(struct daemon *d)
 	for (size_t i = 0; i < d->cfg->ntunnels; i++)
 		tunnel_free(d->tunnels[i]);
 	free(d->tunnels);
+	conn_release_buffers();
 	int rc = uv_loop_close(&d->loop);
 	if (rc != 0) {
 		log_msg(LOG_ERROR, "internal", "event loop closed with handles "
