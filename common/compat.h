@@ -15,10 +15,14 @@
 #define UPSEAL_MBEDTLS3 0
 #endif
 
+#include <stdbool.h>
+
+#include <mbedtls/bignum.h>
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/sha256.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
 
 static inline int compat_sha256(const unsigned char *in, size_t len,
     unsigned char out[32])
@@ -92,6 +96,35 @@ static inline int compat_handshake_over(const mbedtls_ssl_context *ssl)
 #define COMPAT_CRT_PK_RAW(crt) ((crt)->pk_raw)
 #endif
 
+/* True if a parsed certificate says basicConstraints CA:TRUE. */
+static inline bool compat_crt_is_ca(const mbedtls_x509_crt *crt)
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_x509_crt_get_ca_istrue(crt) == 1;
+#else
+	return crt->ca_istrue != 0;
+#endif
+}
+
+#if defined(MBEDTLS_X509_CRT_WRITE_C)
+/* Set a new certificate's serial from big-endian bytes (at most 20). */
+static inline int compat_x509write_crt_set_serial(mbedtls_x509write_cert *ctx,
+    unsigned char *serial, size_t len)
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_x509write_crt_set_serial_raw(ctx, serial, len);
+#else
+	mbedtls_mpi n;
+	mbedtls_mpi_init(&n);
+	int rc = mbedtls_mpi_read_binary(&n, serial, len);
+	if (rc == 0)
+		rc = mbedtls_x509write_crt_set_serial(ctx, &n);
+	mbedtls_mpi_free(&n);
+	return rc;
+#endif
+}
+#endif
+
 /* TLS 1.2 as the lowest version; 1.3 too where the library has it. */
 static inline void compat_conf_versions(mbedtls_ssl_config *conf)
 {
@@ -144,5 +177,12 @@ static inline const int *compat_ciphersuites(void)
 	};
 	return suites;
 }
+
+/* The handshake error for a protocol version we do not accept. */
+#if UPSEAL_MBEDTLS3
+#define COMPAT_ERR_PROTOCOL_VERSION MBEDTLS_ERR_SSL_BAD_PROTOCOL_VERSION
+#else
+#define COMPAT_ERR_PROTOCOL_VERSION MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION
+#endif
 
 #endif

@@ -698,7 +698,7 @@ static const char *handshake_reason(struct conn *c, int rc)
 		errorf(c, "the peer closed the "
 		    "connection during the handshake");
 		return "handshake_eof";
-	case MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION:
+	case COMPAT_ERR_PROTOCOL_VERSION:
 		set_error_tls(c, "handshake", rc);
 		return "protocol_version";
 	case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE:

@@ -38,9 +38,10 @@ int pin_of_crt(const mbedtls_x509_crt *crt, struct pin *out);
 int pin_of_pk(mbedtls_pk_context *pk, struct pin *out);
 
 /*
- * The pin of a file holding a certificate or a private key (PEM or DER).
- * For a certificate chain, the first certificate. On error returns -1
- * and says, naming the file, what is wrong.
+ * The pin of a file holding a certificate, a private key (EC or RSA) or a
+ * public key, PEM or DER, tried in that order. For a certificate chain, the
+ * first certificate. On error returns -1 and says, naming the file, what is
+ * wrong. Buffers that held the file are wiped.
  */
 int pin_of_file(const char *path, struct pin *out, char *err, size_t errlen);
 
