@@ -140,7 +140,7 @@ static int start_handles(struct daemon *d)
 /* Load every tunnel's certificate and key without binding anything. */
 static int check_tls(struct daemon *d)
 {
-	char err[512];
+	char err[1024];
 	for (size_t i = 0; i < d->cfg->ntunnels; i++) {
 		struct tls_ctx *ctx;
 		if (tls_ctx_new(&d->cfg->tunnels[i], d->role, &ctx, err,
@@ -155,7 +155,7 @@ static int check_tls(struct daemon *d)
 
 static int run(struct daemon *d)
 {
-	char err[512];
+	char err[1024];
 	d->tunnels = calloc(d->cfg->ntunnels, sizeof *d->tunnels);
 	if (d->tunnels == NULL || uv_loop_init(&d->loop) != 0) {
 		fprintf(stderr, "%s: cannot set up the event loop\n", d->prog);
@@ -243,7 +243,7 @@ int daemon_main(int argc, char **argv, enum cfg_role role)
 		return 2;
 	}
 
-	char err[512];
+	char err[1024];
 	if (cfg_load(path, role, &d.cfg, err, sizeof err) != 0) {
 		fprintf(stderr, "%s: %s\n", d.prog, err);
 		return 1;

@@ -188,6 +188,17 @@ int tunnel_start(uv_loop_t *loop, const struct cfg_tunnel *cfg,
 	log_str(&l, "role", role == CFG_CLIENT ? "client" : "server");
 	log_str(&l, "addr", t->listen_text);
 	log_end(&l);
+	const struct addr *plain = role == CFG_CLIENT ? &cfg->listen : &cfg->connect;
+	if (cfg->allow_remote && !addr_is_loopback(plain)) {
+		char text[ADDR_TEXT_MAX];
+		addr_format(plain, text, sizeof text);
+		log_begin(&l, LOG_WARN, "allow_remote");
+		log_str(&l, "tunnel", cfg->name);
+		log_str(&l, "plaintext_end", text);
+		log_str(&l, "msg", "the plaintext end is reachable beyond this "
+		    "host (allow_remote = yes): traffic there is not protected");
+		log_end(&l);
+	}
 	*out = t;
 	return 0;
 

@@ -1,0 +1,693 @@
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define FILE_MAX (1024 * 1024)
+#define PINS_MAX 16
+#define WHY_MAX 512
+#define ARRAY_LEN(a) (sizeof (a) / sizeof (a)[0])
+#define HOUR_MS (3600ULL * 1000)
+#define NAME_CHARS \
+	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
+#define SYNTAX "syntax error: expected [section] or key = value"
+#define DURATION_FORM "a duration such as 500ms, 10s, 5m"
+#define NO_TUNNELS "no tunnels: add a [name] section with listen, " \
+	"connect, cert, key and pin"
+
+/* The keys of a tunnel section, in the order of tunnel_keys[]. */
+enum { K_LISTEN, K_CONNECT, K_CERT, K_KEY, K_CA, K_PIN, K_SERVER_NAME,
+    K_CONNECT_TIMEOUT, K_HANDSHAKE_TIMEOUT, K_IDLE_TIMEOUT,
+    K_MAX_CONNECTIONS, K_ALLOW_REMOTE, K_TUNNEL_KEYS };
+
+/* Which kind of section the lines being read belong to. */
+enum section { SEC_NONE, SEC_UPSEAL, SEC_TUNNEL };
+
+/* Everything one cfg_load needs while inih walks the file. */
+struct parser {
+	const char *path;
+	enum cfg_role role;
+	struct cfg *cfg;
+	char *text;		/* the whole file */
+	size_t len, pos;	/* its size, and where the next line starts */
+	int line;		/* the physical line inih is handling */
+	enum section sec;
+	size_t tunnel;		/* SEC_TUNNEL: index in cfg->tunnels */
+	int upseal_line;	/* line of [upseal], 0 if none yet */
+	int seen[K_TUNNEL_KEYS];	/* per key of the section: line or 0 */
+	bool failed;		/* the first error is in err; stop reading */
+	char *err;
+	size_t errlen;
+};
+
+/*
+ * One key: its name, how its value is parsed into the field at off, and
+ * the form its value takes (for "expected key = FORM" messages). A setter
+ * returns 0, or -1 with "what is wrong; expected ..." in why.
+ */
+struct key {
+	const char *name;
+	int (*set)(const struct key *k, void *field, const char *v,
+	    char *why);
+	size_t off;
+	const char *form;
+	uint64_t min, max;	/* durations (ms) and counts */
+	bool repeat;		/* may appear more than once (pin) */
+	bool client_only;	/* only in the client role (server_name) */
+};
+
+/* Parse a duration; NULL on success, or what is wrong with it. */
+static const char *duration_why(const char *text, uint64_t *ms)
+{
+	static const struct { const char *name; uint64_t ms; } units[] = {
+		{ "ms", 1 }, { "s", 1000 }, { "m", 60 * 1000 },
+		{ "h", HOUR_MS },
+	};
+	unsigned long long n;
+	char *unit;
+
+	if (strpbrk(text, " \t") != NULL)
+		return "has a space inside";
+	if (*text == '-')
+		return "is negative";
+	if (*text < '0' || *text > '9')
+		return "is not a duration";
+	errno = 0;
+	n = strtoull(text, &unit, 10);
+	if (errno == ERANGE)
+		return "is too large";
+	if (*unit == '\0') {
+		*ms = 0;
+		return strcmp(text, "0") == 0 ? NULL : "has no unit";
+	}
+	for (size_t i = 0; i < ARRAY_LEN(units); i++) {
+		if (strcmp(unit, units[i].name) != 0)
+			continue;
+		if (n > UINT64_MAX / units[i].ms)
+			return "is too large";
+		*ms = n * units[i].ms;
+		return NULL;
+	}
+	return "has an unknown unit (ms, s, m or h)";
+}
+
+int cfg_parse_duration(const char *text, uint64_t *ms)
+{
+	return duration_why(text, ms) == NULL ? 0 : -1;
+}
+
+/* Write what is wrong with a value into why (WHY_MAX bytes); -1. */
+__attribute__((format(printf, 2, 3)))
+static int whyf(char *why, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, WHY_MAX, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static int set_addr(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	char e[256];
+
+	(void)k;
+	if (addr_parse(v, field, e, sizeof e) != 0)
+		return whyf(why, "\"%s\": %s", v, e);
+	return 0;
+}
+
+static int set_path(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	char **path = field;
+
+	(void)k;
+	*path = strdup(v);
+	return *path != NULL ? 0 : whyf(why, "out of memory");
+}
+
+/* The field is the tunnel itself: pins and npins go together. */
+static int set_pin(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	struct cfg_tunnel *t = field;
+	struct pin *pins;
+	char e[200];
+
+	(void)k;
+	if (t->npins == PINS_MAX)
+		return whyf(why, "too many pins; expected at most %d",
+		    PINS_MAX);
+	pins = realloc(t->pins, (t->npins + 1) * sizeof *pins);
+	if (pins == NULL)
+		return whyf(why, "out of memory");
+	t->pins = pins;
+	if (pin_parse(v, &pins[t->npins], e, sizeof e) != 0)
+		return whyf(why, "%s; expected sha256//BASE64 "
+		    "(see upseal-certs pin)", e);
+	t->npins++;
+	return 0;
+}
+
+static int set_server_name(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	struct in6_addr ip;
+
+	if (inet_pton(AF_INET, v, &ip) == 1 || inet_pton(AF_INET6, v, &ip) == 1)
+		return whyf(why, "\"%s\" is an IP address; expected a DNS "
+		    "name (mbedTLS 2.28 cannot match IP addresses in "
+		    "certificates)", v);
+	if (!addr_is_dns_name(v))
+		return whyf(why, "\"%s\" is not a DNS name; expected letters, "
+		    "digits, '-' and '.', such as backend.internal", v);
+	return set_path(k, field, v, why);
+}
+
+static int set_duration(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	uint64_t ms;
+	const char *wrong = duration_why(v, &ms);
+
+	if (wrong != NULL)
+		return whyf(why, "\"%s\" %s; expected " DURATION_FORM, v,
+		    wrong);
+	if (ms < k->min || ms > k->max)
+		return whyf(why, "\"%s\" is out of range; expected a duration "
+		    "from %s to 1h", v, k->min == 0 ? "0" : "1ms");
+	*(uint64_t *)field = ms;
+	return 0;
+}
+
+static int set_count(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	unsigned long long n;
+
+	if (strspn(v, "0123456789") != strlen(v))
+		return whyf(why, "\"%s\" is not a number; expected %s", v,
+		    k->form);
+	errno = 0;
+	n = strtoull(v, NULL, 10);
+	if (errno == ERANGE || n < k->min || n > k->max)
+		return whyf(why, "\"%s\" is out of range; expected %s", v,
+		    k->form);
+	*(unsigned *)field = (unsigned)n;
+	return 0;
+}
+
+static int set_bool(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	static const char *const words[] = {
+		"no", "false", "off", "0", "yes", "true", "on", "1",
+	};
+
+	(void)k;
+	for (size_t i = 0; i < ARRAY_LEN(words); i++) {
+		if (strcasecmp(v, words[i]) == 0) {
+			*(bool *)field = i >= 4;
+			return 0;
+		}
+	}
+	return whyf(why, "\"%s\" is not yes or no; expected yes, no, true, "
+	    "false, on, off, 1 or 0", v);
+}
+
+static int set_log_level(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	if (log_level_parse(v, field) != 0)
+		return whyf(why, "\"%s\" is not a log level; expected %s", v,
+		    k->form);
+	return 0;
+}
+
+static int set_log_format(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	if (strcmp(v, "text") != 0 && strcmp(v, "json") != 0)
+		return whyf(why, "\"%s\" is not a log format; expected %s", v,
+		    k->form);
+	*(bool *)field = strcmp(v, "json") == 0;
+	return 0;
+}
+
+#define ADDR_FORM "HOST:PORT, [V6]:PORT or unix:/path"
+#define T(m) offsetof(struct cfg_tunnel, m)
+
+#define KEY(n, fn, o, f, ...) \
+	{ .name = n, .set = fn, .off = o, .form = f, __VA_ARGS__ }
+
+static const struct key tunnel_keys[K_TUNNEL_KEYS] = {
+	[K_LISTEN] = KEY("listen", set_addr, T(listen), ADDR_FORM),
+	[K_CONNECT] = KEY("connect", set_addr, T(connect), ADDR_FORM),
+	[K_CERT] = KEY("cert", set_path, T(cert), "FILE"),
+	[K_KEY] = KEY("key", set_path, T(key), "FILE"),
+	[K_CA] = KEY("ca", set_path, T(ca), "FILE"),
+	[K_PIN] = KEY("pin", set_pin, 0, "sha256//BASE64", .repeat = true),
+	[K_SERVER_NAME] = KEY("server_name", set_server_name, T(server_name),
+	    "a DNS name", .client_only = true),
+	[K_CONNECT_TIMEOUT] = KEY("connect_timeout", set_duration,
+	    T(connect_timeout_ms), DURATION_FORM, .min = 1, .max = HOUR_MS),
+	[K_HANDSHAKE_TIMEOUT] = KEY("handshake_timeout", set_duration,
+	    T(handshake_timeout_ms), DURATION_FORM, .min = 1, .max = HOUR_MS),
+	[K_IDLE_TIMEOUT] = KEY("idle_timeout", set_duration, T(idle_timeout_ms),
+	    DURATION_FORM, .min = 0, .max = UINT64_MAX),
+	[K_MAX_CONNECTIONS] = KEY("max_connections", set_count,
+	    T(max_connections), "a number from 1 to 1000000",
+	    .min = 1, .max = 1000000),
+	[K_ALLOW_REMOTE] = KEY("allow_remote", set_bool, T(allow_remote),
+	    "yes or no"),
+};
+
+static const struct key upseal_keys[] = {
+	KEY("log_level", set_log_level, offsetof(struct cfg, log_level),
+	    "error, warn, info or debug"),
+	KEY("log_format", set_log_format, offsetof(struct cfg, log_json),
+	    "text or json"),
+	KEY("drain_timeout", set_duration,
+	    offsetof(struct cfg, drain_timeout_ms), DURATION_FORM,
+	    .min = 0, .max = HOUR_MS),
+};
+
+/* Every default, in one place. */
+static const struct cfg cfg_defaults = {
+	.log_level = LOG_INFO,
+	.drain_timeout_ms = 15 * 1000,
+};
+
+static const struct cfg_tunnel tunnel_defaults = {
+	.connect_timeout_ms = 5 * 1000,
+	.handshake_timeout_ms = 10 * 1000,
+	.idle_timeout_ms = 5 * 60 * 1000,
+	.max_connections = 10000,
+};
+
+/*
+ * Record the first error as `PATH:LINE: [SECTION] KEY: message`; line 0,
+ * section NULL and key NULL leave their part out. Later errors are dropped.
+ */
+__attribute__((format(printf, 5, 6)))
+static void fail(struct parser *p, int line, const char *section,
+    const char *key, const char *fmt, ...)
+{
+	char at[16] = "", what[512] = "", msg[WHY_MAX + 256];
+	va_list ap;
+
+	if (p->failed)
+		return;
+	p->failed = true;
+	if (line > 0)
+		snprintf(at, sizeof at, ":%d", line);
+	if (section != NULL && key != NULL)
+		snprintf(what, sizeof what, "[%s] %s: ", section, key);
+	else if (section != NULL || key != NULL)
+		snprintf(what, sizeof what, section ? "[%s]: " : "%s: ",
+		    section ? section : key);
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	if (p->errlen > 0)
+		snprintf(p->err, p->errlen, "%s%s: %s%s", p->path, at, what,
+		    msg);
+}
+
+static bool same_listen(const struct addr *a, const struct addr *b)
+{
+	char ta[ADDR_TEXT_MAX], tb[ADDR_TEXT_MAX];
+
+	if (a->kind != b->kind)
+		return false;
+	if (a->kind == ADDR_UNIX)
+		return strcmp(a->path, b->path) == 0;
+	if (a->port != b->port || a->port == 0 || a->numeric != b->numeric)
+		return false;
+	if (!a->numeric)
+		return strcasecmp(a->host, b->host) == 0;
+	addr_format_sockaddr((const struct sockaddr *)&a->sa, ta, sizeof ta);
+	addr_format_sockaddr((const struct sockaddr *)&b->sa, tb, sizeof tb);
+	return strcmp(ta, tb) == 0;
+}
+
+static void check_required(struct parser *p, const struct cfg_tunnel *t)
+{
+	static const int required[] = { K_LISTEN, K_CONNECT, K_CERT, K_KEY };
+
+	for (size_t i = 0; i < ARRAY_LEN(required); i++) {
+		const struct key *k = &tunnel_keys[required[i]];
+		if (p->seen[required[i]] == 0)
+			fail(p, t->line, t->name, NULL,
+			    "missing required key \"%s\"; expected %s = %s",
+			    k->name, k->name, k->form);
+	}
+	if (t->npins == 0 && t->ca == NULL)
+		fail(p, t->line, t->name, NULL, "no pin and no ca: set pin = "
+		    "sha256//... (see upseal-certs pin) or ca = FILE");
+}
+
+/* The plaintext end (client: listen, server: connect) stays on this host. */
+static void check_local(struct parser *p, const struct cfg_tunnel *t)
+{
+	int k = p->role == CFG_CLIENT ? K_LISTEN : K_CONNECT;
+	const struct addr *a = k == K_LISTEN ? &t->listen : &t->connect;
+	char text[ADDR_TEXT_MAX];
+
+	if (t->allow_remote || addr_is_loopback(a))
+		return;
+	addr_format(a, text, sizeof text);
+	fail(p, p->seen[k], t->name, tunnel_keys[k].name,
+	    "%s is not a loopback address, but the plaintext end must stay "
+	    "on this host; expected 127.0.0.1:PORT, [::1]:PORT, "
+	    "localhost:PORT or unix:/path, or set allow_remote = yes if this "
+	    "is intended", text);
+}
+
+/* Client with a CA: the server's certificate must carry a name to check. */
+static void default_server_name(struct parser *p, struct cfg_tunnel *t)
+{
+	if (p->role != CFG_CLIENT || t->ca == NULL || t->server_name != NULL)
+		return;
+	if (t->connect.kind == ADDR_UNIX || t->connect.numeric) {
+		fail(p, t->line, t->name, NULL, "ca is set and connect is %s, "
+		    "so there is no name to check the server's certificate "
+		    "against; set server_name = the DNS name in that "
+		    "certificate (mbedTLS 2.28 cannot match IP addresses)",
+		    t->connect.kind == ADDR_UNIX ? "a unix socket" :
+		    "an IP address");
+		return;
+	}
+	t->server_name = strdup(t->connect.host);
+	if (t->server_name == NULL)
+		fail(p, t->line, t->name, NULL, "out of memory");
+}
+
+static void check_unique_listen(struct parser *p, const struct cfg_tunnel *t)
+{
+	char text[ADDR_TEXT_MAX];
+
+	for (size_t i = 0; i < p->tunnel; i++) {
+		const struct cfg_tunnel *o = &p->cfg->tunnels[i];
+		if (!same_listen(&o->listen, &t->listen))
+			continue;
+		addr_format(&t->listen, text, sizeof text);
+		fail(p, p->seen[K_LISTEN], t->name, "listen",
+		    "%s is already the listen address of [%s] (line %d); "
+		    "expected a distinct address", text, o->name, o->line);
+		return;
+	}
+}
+
+/* Called when a section ends: at the next header and at the end of file. */
+static void finish_section(struct parser *p)
+{
+	struct cfg_tunnel *t;
+
+	if (p->sec != SEC_TUNNEL)
+		return;
+	t = &p->cfg->tunnels[p->tunnel];
+	check_required(p, t);
+	if (p->failed)
+		return;
+	check_local(p, t);
+	default_server_name(p, t);
+	check_unique_listen(p, t);
+}
+
+static void open_tunnel(struct parser *p, const char *name)
+{
+	struct cfg *c = p->cfg;
+	struct cfg_tunnel *t;
+
+	for (size_t i = 0; i < c->ntunnels; i++) {
+		if (strcmp(c->tunnels[i].name, name) == 0) {
+			fail(p, p->line, name, NULL, "duplicate tunnel "
+			    "section; first at line %d", c->tunnels[i].line);
+			return;
+		}
+	}
+	t = realloc(c->tunnels, (c->ntunnels + 1) * sizeof *t);
+	if (t == NULL) {
+		fail(p, p->line, name, NULL, "out of memory");
+		return;
+	}
+	c->tunnels = t;
+	t = &c->tunnels[c->ntunnels];
+	*t = tunnel_defaults;
+	memcpy(t->name, name, strlen(name) + 1);	/* fits: checked */
+	t->line = p->line;
+	p->tunnel = c->ntunnels++;
+	p->sec = SEC_TUNNEL;
+}
+
+/* After "]": nothing, or a comment. */
+static bool rest_is_blank(const char *s, const char *end)
+{
+	while (s < end && (*s == ' ' || *s == '\t'))
+		s++;
+	return s == end || *s == ';' || *s == '#';
+}
+
+/* A line starting with '[' (s, n bytes): end one section, start the next. */
+static void on_header(struct parser *p, const char *s, size_t n)
+{
+	const char *close = memchr(s, ']', n);
+	char name[256];
+	size_t len;
+
+	if (close == NULL || !rest_is_blank(close + 1, s + n)) {
+		fail(p, p->line, NULL, NULL, SYNTAX);
+		return;
+	}
+	len = (size_t)(close - s - 1);
+	snprintf(name, sizeof name, "%.*s", (int)len, s + 1);
+	finish_section(p);
+	if (p->failed)
+		return;
+	memset(p->seen, 0, sizeof p->seen);
+	if (len == 0 || len >= CFG_NAME_MAX || strspn(name, NAME_CHARS) != len)
+		fail(p, p->line, name, NULL, "invalid section name; expected "
+		    "1 to %d characters of A-Z a-z 0-9 _ . -",
+		    CFG_NAME_MAX - 1);
+	else if (strcmp(name, "upseal") != 0)
+		open_tunnel(p, name);
+	else if (p->upseal_line != 0)
+		fail(p, p->line, name, NULL, "duplicate section; first at "
+		    "line %d", p->upseal_line);
+	else {
+		p->upseal_line = p->line;
+		p->sec = SEC_UPSEAL;
+	}
+}
+
+/*
+ * inih's reader: hand over one physical line per call, so p->line is the
+ * line inih is on. Leading blanks are dropped so that inih never takes an
+ * indented line for the continuation of the previous value. Returns NULL
+ * (end of input) after the first error, so parsing stops there.
+ */
+static char *read_line(char *buf, int num, void *stream)
+{
+	struct parser *p = stream;
+	const char *s = p->text + p->pos, *nl;
+	size_t n, skip;
+
+	if (p->failed || p->pos >= p->len)
+		return NULL;
+	nl = memchr(s, '\n', p->len - p->pos);
+	n = nl != NULL ? (size_t)(nl - s) : p->len - p->pos;
+	p->pos += nl != NULL ? n + 1 : n;
+	p->line++;
+	if (memchr(s, '\0', n) != NULL) {
+		fail(p, p->line, NULL, NULL, "NUL byte in the file; "
+		    "expected text");
+		return NULL;
+	}
+	if (p->line == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) {
+		s += 3;		/* UTF-8 byte order mark */
+		n -= 3;
+	}
+	if (n > 0 && s[n - 1] == '\r')
+		n--;
+	if (n > (size_t)num - 1) {
+		fail(p, p->line, NULL, NULL, "line is longer than %d bytes; "
+		    "expected at most %d bytes per line", num - 1, num - 1);
+		return NULL;
+	}
+	for (skip = 0; skip < n && (s[skip] == ' ' || s[skip] == '\t'); skip++)
+		;
+	if (skip < n && s[skip] == '[')
+		on_header(p, s + skip, n - skip);
+	if (p->failed)
+		return NULL;
+	memcpy(buf, s + skip, n - skip);
+	buf[n - skip] = '\0';
+	return buf;
+}
+
+static const struct key *find_key(const struct key *keys, size_t n,
+    const char *name)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(keys[i].name, name) == 0)
+			return &keys[i];
+	}
+	return NULL;
+}
+
+static void unknown_key(struct parser *p, const char *section,
+    const char *name, const struct key *keys, size_t n)
+{
+	char list[512] = "";
+	size_t used = 0;
+
+	for (size_t i = 0; i < n && used < sizeof list; i++)
+		used += (size_t)snprintf(list + used, sizeof list - used,
+		    "%s%s", i == 0 ? "" : ", ", keys[i].name);
+	fail(p, p->line, section, name, "unknown key; expected one of %s%s",
+	    list, keys == upseal_keys &&
+	    find_key(tunnel_keys, K_TUNNEL_KEYS, name) != NULL ?
+	    " (tunnel keys go in a [name] section)" : "");
+}
+
+/*
+ * inih's handler, once per `key = value` line: parse the value into the
+ * section's struct. It always returns 1, so that a nonzero result from
+ * inih means a syntax error inih found by itself.
+ */
+static int on_key(void *user, const char *section, const char *name,
+    const char *value)
+{
+	struct parser *p = user;
+	bool tunnel = p->sec == SEC_TUNNEL;
+	const struct key *keys = tunnel ? tunnel_keys : upseal_keys;
+	size_t n = tunnel ? K_TUNNEL_KEYS : ARRAY_LEN(upseal_keys);
+	void *base = tunnel ? (void *)&p->cfg->tunnels[p->tunnel] : p->cfg;
+	/* The reader tracks sections itself; inih cuts long names short. */
+	const char *sec = tunnel ? p->cfg->tunnels[p->tunnel].name : "upseal";
+	const struct key *k = find_key(keys, n, name);
+	char why[WHY_MAX];
+
+	(void)section;
+	if (p->failed)
+		return 1;
+	if (*name == '\0')
+		fail(p, p->line, NULL, NULL, SYNTAX);
+	else if (p->sec == SEC_NONE)
+		fail(p, p->line, NULL, name, "key before any section; expected "
+		    "an [upseal] or [name] header first");
+	else if (k == NULL)
+		unknown_key(p, sec, name, keys, n);
+	else if (p->seen[k - keys] != 0 && !k->repeat)
+		fail(p, p->line, sec, name, "duplicate key; first at line %d",
+		    p->seen[k - keys]);
+	else if (k->client_only && p->role != CFG_CLIENT)
+		fail(p, p->line, sec, name, "only meaningful in client.ini; "
+		    "expected no %s in the server's file", name);
+	else if (*value == '\0')
+		fail(p, p->line, sec, name, "empty value; expected %s = %s",
+		    name, k->form);
+	else if (k->set(k, (char *)base + k->off, value, why) != 0)
+		fail(p, p->line, sec, name, "%s", why);
+	else if (p->seen[k - keys] == 0)
+		p->seen[k - keys] = p->line;
+	return 1;
+}
+
+/* Read the whole file into p->text (not NUL-terminated), p->len bytes. */
+static int read_file(struct parser *p)
+{
+	FILE *f = fopen(p->path, "rb");
+	int e;
+
+	if (f == NULL) {
+		fail(p, 0, NULL, NULL, "cannot read: %s", strerror(errno));
+		return -1;
+	}
+	p->text = malloc(FILE_MAX + 1);
+	if (p->text != NULL)
+		p->len = fread(p->text, 1, FILE_MAX + 1, f);
+	e = ferror(f) ? errno : 0;
+	fclose(f);
+	if (p->text == NULL)
+		fail(p, 0, NULL, NULL, "cannot read: out of memory");
+	else if (e != 0)
+		fail(p, 0, NULL, NULL, "cannot read: %s", strerror(e));
+	else if (p->len > FILE_MAX)
+		fail(p, 0, NULL, NULL, "cannot read: larger than %d bytes; "
+		    "expected a config file", FILE_MAX);
+	return p->failed ? -1 : 0;
+}
+
+static void parse(struct parser *p)
+{
+	int ret = ini_parse_stream(read_line, p, on_key, p);
+
+	if (ret > 0) {
+		/* inih kept going past its error; ours, if any, came later. */
+		p->failed = false;
+		fail(p, ret, NULL, NULL, SYNTAX);
+	} else if (ret < 0) {
+		fail(p, 0, NULL, NULL, "out of memory");
+	}
+	if (!p->failed)
+		finish_section(p);
+	if (!p->failed && p->cfg->ntunnels == 0)
+		fail(p, 0, NULL, NULL, NO_TUNNELS);
+}
+
+int cfg_load(const char *path, enum cfg_role role, struct cfg **out,
+    char *err, size_t errlen)
+{
+	struct parser p = {
+		.path = path, .role = role, .err = err, .errlen = errlen,
+	};
+
+	*out = NULL;
+	if (errlen > 0)
+		err[0] = '\0';
+	p.cfg = malloc(sizeof *p.cfg);
+	if (p.cfg != NULL)
+		*p.cfg = cfg_defaults;
+	if (p.cfg == NULL || (p.cfg->path = strdup(path)) == NULL) {
+		fail(&p, 0, NULL, NULL, "out of memory");
+		free(p.cfg);
+		return -1;
+	}
+	if (read_file(&p) == 0)
+		parse(&p);
+	free(p.text);
+	if (p.failed) {
+		cfg_free(p.cfg);
+		return -1;
+	}
+	*out = p.cfg;
+	return 0;
+}
+
+void cfg_free(struct cfg *c)
+{
+	if (c == NULL)
+		return;
+	for (size_t i = 0; i < c->ntunnels; i++) {
+		struct cfg_tunnel *t = &c->tunnels[i];
+		free(t->cert);
+		free(t->key);
+		free(t->ca);
+		free(t->server_name);
+		free(t->pins);
+	}
+	free(c->tunnels);
+	free(c->path);
+	free(c);
+}
