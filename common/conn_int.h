@@ -1,0 +1,130 @@
+/*
+ * conn_int.h: the connection's struct and the functions that conn.c (its
+ * life: accept, dial, handshake, timers, teardown) and relay.c (its bytes)
+ * share. Nothing outside those two files includes this.
+ */
+#ifndef UPSEAL_CONN_INT_H
+#define UPSEAL_CONN_INT_H
+
+#include <netdb.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <mbedtls/ssl.h>
+#include <uv.h>
+
+#include "conn.h"
+#include "tls.h"
+#include "tunnel.h"
+
+/*
+ * Each direction queues at most RELAY_HIGH bytes (plus one chunk) on its
+ * writer before its reader stops; reading resumes below RELAY_LOW.
+ */
+#define RELAY_HIGH (256 * 1024)
+#define RELAY_LOW (64 * 1024)
+#define CHUNK (64 * 1024)
+/* A chunk of plaintext becomes at most four records of 16 KiB. */
+#define TLS_OUT_CAP (CHUNK + 4 * 64)
+/* The standard write buffer fits either. */
+#define WBUF_CAP TLS_OUT_CAP
+
+enum phase { PH_DIAL, PH_HANDSHAKE, PH_RELAY };
+
+/* One queued write: the request and the bytes it owns. */
+struct wbuf {
+	uv_write_t req;
+	struct conn *c;
+	size_t len;
+	size_t cap;
+	unsigned char data[];
+};
+
+struct conn {
+	struct tunnel *tun;
+	struct conn *prev, *next;	/* in tun->conns */
+	uint64_t id;
+	enum phase phase;
+
+	union stream plain;		/* the plaintext end */
+	union stream tls;		/* the TLS end */
+	bool plain_open, tls_open, timer_open;	/* initialised, not closing */
+	uv_timer_t timer;		/* the current phase's deadline */
+	unsigned refs;			/* handles + requests that point here */
+
+	/* Dialing the second end. */
+	uv_connect_t connect_req;
+	uv_getaddrinfo_t gai;
+	struct addrinfo *ai_list, *ai_next;
+	bool resolving;
+	int dial_err;			/* the last dial error (libuv code) */
+
+	/* TLS. */
+	mbedtls_ssl_context ssl;
+	bool ssl_init;
+	struct tls_peer peer;
+	struct wbuf *tls_out;		/* records not yet handed to libuv */
+	const unsigned char *in;	/* ciphertext not yet taken by mbedTLS */
+	size_t in_len;
+	unsigned char *in_saved;	/* in's own copy when kept for later */
+	bool tls_eof;			/* TCP EOF on the TLS end */
+	bool saw_tls_bytes;
+	unsigned char first_byte;	/* first byte the TLS end received */
+
+	/* Relay. */
+	size_t plain_queued, tls_queued;	/* bytes in writes not yet done */
+	bool plain_reading, tls_reading;
+	bool p2t_eof, p2t_done;		/* plaintext EOF: close_notify sent, flushed */
+	bool t2p_eof, t2p_done;		/* close_notify got: FIN sent, flushed */
+	uv_shutdown_t plain_shut, tls_shut;
+	uint64_t plain_in, plain_out;
+	uint64_t started, last_active;
+
+	bool dropped;
+	char peer_text[ADDR_TEXT_MAX];
+	char error[160];		/* detail for the conn_end line */
+};
+
+static inline uv_loop_t *conn_loop(struct conn *c)
+{
+	return c->tun->loop;
+}
+
+static inline const struct cfg_tunnel *conn_cfg(struct conn *c)
+{
+	return c->tun->cfg;
+}
+
+/* conn.c */
+
+/* End c for reason; reset_plain sends RST instead of FIN on the plaintext end. */
+void conn_fail(struct conn *c, const char *reason, bool reset_plain);
+/* Record the detail the conn_end line carries as error=. */
+void conn_errorf(struct conn *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void conn_error_uv(struct conn *c, const char *what, int err);
+void conn_error_tls(struct conn *c, const char *what, int err);
+/* Note activity for the idle timeout. */
+void conn_touch(struct conn *c);
+/* Arm the connection's one timer for ms from now (0: no deadline). */
+void conn_phase_timer(struct conn *c, uint64_t ms);
+/* Run the handshake as far as the input allows; on success move on. */
+void conn_handshake_step(struct conn *c);
+
+/* relay.c */
+
+/* Enter PH_RELAY: both ends are up and the peer is pinned. */
+void relay_start(struct conn *c);
+/* Start or stop reading the TLS end as the phase and the queues allow. */
+void relay_tls_reading(struct conn *c);
+/* Hand the records mbedTLS produced to libuv as one write. */
+void relay_flush_tls(struct conn *c);
+/* The mbedTLS BIO (arg is the conn). */
+int relay_bio_send(void *arg, const unsigned char *buf, size_t len);
+int relay_bio_recv(void *arg, unsigned char *buf, size_t len);
+/* libuv read callback of the TLS end, in every phase. */
+void relay_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+/* Return a write buffer (NULL is a no-op). */
+void relay_wbuf_free(struct wbuf *w);
+
+#endif
