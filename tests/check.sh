@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# upseal's whole test run: install what is missing, build, run the unit,
+# certs and integration tests, then the same against an ASan+UBSan build.
+# Ends with one line `total: N passed, M failed`; exits non-zero if any
+# test failed, any build failed or any runner crashed.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-2}
+PASSED=0
+FAILED=0
+T0=$(date +%s)
+OUT=$(mktemp -d /tmp/upseal-check-XXXXXX)
+trap 'rm -rf "$OUT"' EXIT
+
+# run LABEL CMD...: run one runner, show its output, add its summary line.
+run() {
+	local label=$1
+	shift
+	local log="$OUT/$label.log" t=$(date +%s)
+	echo "=== $label: $*"
+	"$@" 2>&1 | tee "$log"
+	local rc=${PIPESTATUS[0]}
+	local line
+	line=$(grep -E '(^|[^0-9])[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+	if [ -z "$line" ]; then
+		echo "=== $label: no summary line (exit $rc): counted as 1 failure"
+		FAILED=$((FAILED + 1))
+		return
+	fi
+	local p f
+	p=$(sed -E 's/.*(^|[^0-9])([0-9]+) passed, ([0-9]+) failed$/\2/' <<<"$line")
+	f=$(sed -E 's/.*(^|[^0-9])([0-9]+) passed, ([0-9]+) failed$/\3/' <<<"$line")
+	PASSED=$((PASSED + p))
+	FAILED=$((FAILED + f))
+	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+		echo "=== $label: exit $rc with 0 failures reported: counted as 1 failure"
+		FAILED=$((FAILED + 1))
+	fi
+	echo "=== $label: $p passed, $f failed, exit $rc, $(($(date +%s) - t))s"
+}
+
+# suite DIR: the three runners against one build dir.
+suite() {
+	local dir=$1 tag=$2
+	run "unit$tag" "$dir/unit-tests"
+	run "certs$tag" tests/integration/certs_test.sh "$dir"
+	run "integration$tag" python3 tests/integration/run.py --build "$dir"
+}
+
+if ! ./tests/deps.sh; then
+	echo "=== deps.sh failed"
+	echo "total: $PASSED passed, 1 failed"
+	exit 1
+fi
+
+echo "=== make -j$JOBS"
+if make -j"$JOBS"; then
+	suite build ""
+else
+	echo "=== build failed: counted as 1 failure"
+	FAILED=$((FAILED + 1))
+fi
+
+echo "=== make -j$JOBS SAN=1"
+if make -j"$JOBS" SAN=1; then
+	export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+	export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+	export UPSEAL_SAN=1
+	suite build-asan "-asan"
+	unset UPSEAL_SAN
+else
+	echo "=== sanitizer build failed: counted as 1 failure"
+	FAILED=$((FAILED + 1))
+fi
+
+echo "=== check took $(($(date +%s) - T0))s"
+echo "total: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
