@@ -315,3 +315,73 @@ def test_bad_peers_do_not_disturb_good_traffic(h):
     how, _, got = wait_closed(s, 10)
     check_eq((how, got), ("eof", n), "a fresh good connection afterwards "
              "(the source/sink backend sends its %d bytes)" % n)
+
+
+def _pinned_tls_client(h, addr, ident, timeout_s=10.0):
+    """A TLS 1.2 client (Python's ssl over memory BIOs) with a client
+    certificate; returns (plain socket, SSLObject, in_bio, out_bio) after
+    the handshake, so that raw bytes can be written under the TLS layer."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(ident.crt, ident.key)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_side=False)
+    s = h.connect(addr)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        check(time.monotonic() < deadline, "TLS handshake did not finish")
+        try:
+            obj.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        data = out.read()
+        if data:
+            s.sendall(data)
+        if done:
+            return s, obj, inc, out
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        d = s.recv(65536)
+        check(d, "server closed during the handshake")
+        inc.write(d)
+
+
+@timeout(60)
+def test_garbage_record_after_handshake(h):
+    """A pinned peer that sends a forged record after the handshake: the
+    connection is dropped (the record fails authentication), the backend's
+    end is reset rather than closed cleanly, the tunnel keeps serving."""
+    be = h.echo_backend()
+    cli, srv, ids = h.pair(be.addr)
+    s, obj, inc, out = _pinned_tls_client(h, srv.addr("app"), ids["client"])
+    obj.write(b"hello through a real record\n")
+    s.sendall(out.read())
+    got = b""
+    deadline = time.monotonic() + 10
+    while len(got) < 28 and time.monotonic() < deadline:
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        d = s.recv(65536)
+        check(d, "closed before the echo came back")
+        inc.write(d)
+        try:
+            got += obj.read(65536)
+        except ssl.SSLWantReadError:
+            pass
+    check_eq(got, b"hello through a real record\n", "echo via a real record")
+    # An application-data record whose AEAD tag cannot verify.
+    s.sendall(bytes.fromhex("170303002a") + bytes(range(42)))
+    how, dt, n = wait_closed(s, 5)
+    check(how != "open", "connection still open after a forged record")
+    end = srv.wait_event("conn_end")
+    check(end.get("reason") not in ("closed", None),
+          "forged record logged as reason=%r" % end.get("reason"))
+    h.note("forged record logged as reason=%s" % end.get("reason"))
+    deadline = time.monotonic() + 5
+    while not be.errors and not be.results and time.monotonic() < deadline:
+        time.sleep(0.02)
+    check(be.errors and "ConnectionResetError" in be.errors[0][1],
+          "backend's end after a forged record: errors %r results %r, "
+          "want a reset" % (be.errors, be.results))
+    h.echo_roundtrip(cli.addr("app"), b"others still fine\n")
