@@ -271,6 +271,28 @@ static const struct key tunnel_keys[K_TUNNEL_KEYS] = {
 	    "yes or no"),
 };
 
+/* The field is the cfg itself: status and has_status go together. */
+static int set_status(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	struct cfg *c = field;
+	if (set_addr(k, &c->status, v, why) != 0)
+		return -1;
+	c->has_status = true;
+	return 0;
+}
+
+static int set_user(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	size_t n = strlen(v);
+	if (n > 32 || strspn(v, "abcdefghijklmnopqrstuvwxyz"
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != n || v[0] == '-')
+		return whyf(why, "\"%s\" is not a user name; expected %s", v,
+		    k->form);
+	return set_path(k, field, v, why);
+}
+
 static const struct key upseal_keys[] = {
 	KEY("log_level", set_log_level, offsetof(struct cfg, log_level),
 	    "error, warn, info or debug"),
@@ -279,10 +301,16 @@ static const struct key upseal_keys[] = {
 	KEY("drain_timeout", set_duration,
 	    offsetof(struct cfg, drain_timeout_ms), DURATION_FORM,
 	    .min = 0, .max = HOUR_MS),
+	KEY("status", set_status, 0, ADDR_FORM),
+	KEY("status_allow_remote", set_bool,
+	    offsetof(struct cfg, status_allow_remote), "yes or no"),
+	KEY("user", set_user, offsetof(struct cfg, user),
+	    "a user name such as upseal"),
 };
 
 /* Every default, in one place. */
 static const struct cfg cfg_defaults = {
+	.refs = 1,
 	.log_level = LOG_INFO,
 	.drain_timeout_ms = 15 * 1000,
 };
@@ -409,10 +437,31 @@ static void check_unique_listen(struct parser *p, const struct cfg_tunnel *t)
 }
 
 /* Called when a section ends: at the next header and at the end of file. */
+/* The status endpoint stays on this host unless said otherwise. */
+static void check_status(struct parser *p)
+{
+	const struct cfg *c = p->cfg;
+	char text[ADDR_TEXT_MAX];
+	int line = 0;
+
+	if (!c->has_status || c->status_allow_remote ||
+	    addr_is_loopback(&c->status))
+		return;
+	for (size_t i = 0; i < ARRAY_LEN(upseal_keys); i++)
+		if (strcmp(upseal_keys[i].name, "status") == 0)
+			line = p->seen[i];
+	addr_format(&c->status, text, sizeof text);
+	fail(p, line, "upseal", "status", "%s is not a loopback address; "
+	    "expected 127.0.0.1:PORT, [::1]:PORT or unix:/path, or set "
+	    "status_allow_remote = yes if this is intended", text);
+}
+
 static void finish_section(struct parser *p)
 {
 	struct cfg_tunnel *t;
 
+	if (p->sec == SEC_UPSEAL)
+		check_status(p);
 	if (p->sec != SEC_TUNNEL)
 		return;
 	t = &p->cfg->tunnels[p->tunnel];
@@ -689,5 +738,18 @@ void cfg_free(struct cfg *c)
 	}
 	free(c->tunnels);
 	free(c->path);
+	free(c->user);
 	free(c);
+}
+
+struct cfg *cfg_hold(struct cfg *c)
+{
+	c->refs++;
+	return c;
+}
+
+void cfg_release(struct cfg *c)
+{
+	if (c != NULL && --c->refs == 0)
+		cfg_free(c);
 }

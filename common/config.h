@@ -42,6 +42,11 @@ struct cfg {
 	enum log_level log_level;	/* default info */
 	bool log_json;			/* log_format = json; default text */
 	uint64_t drain_timeout_ms;	/* default 15s */
+	bool has_status;		/* status = ADDR was given */
+	struct addr status;		/* /metrics and /healthz */
+	bool status_allow_remote;	/* default false: loopback or unix */
+	char *user;			/* drop privileges to; NULL if not set */
+	unsigned refs;			/* cfg_hold / cfg_release; 1 after load */
 	struct cfg_tunnel *tunnels;	/* ntunnels entries (heap) */
 	size_t ntunnels;
 };
@@ -57,6 +62,14 @@ int cfg_load(const char *path, enum cfg_role role, struct cfg **out,
 
 /* Free a cfg; cfg_free(NULL) is a no-op. */
 void cfg_free(struct cfg *c);
+
+/*
+ * Shared ownership, for a running daemon whose connections outlive a
+ * reload: cfg_hold adds a reference, cfg_release drops one and frees the
+ * cfg with the last. cfg_load returns a cfg holding one reference.
+ */
+struct cfg *cfg_hold(struct cfg *c);
+void cfg_release(struct cfg *c);
 
 /*
  * Parse a duration with a unit: `250ms`, `10s`, `5m`, `1h`; `0` alone is

@@ -63,6 +63,7 @@ static void conn_free(struct conn *c)
 	struct tunnel *t = c->tun;
 	if (c->ssl_init)
 		mbedtls_ssl_free(&c->ssl);	/* zeroizes keys and buffers */
+	tunnel_conf_release(c->conf);	/* after the ssl that used it */
 	if (c->ai_list != NULL)
 		uv_freeaddrinfo(c->ai_list);
 	free(c->in_saved);
@@ -133,6 +134,12 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 		return;
 	c->dropped = true;
 	log_conn_end(c, reason);
+	struct tunnel_stats *st = &c->tun->stats;
+	st->closed[metrics_reason(reason)]++;
+	if (c->phase == PH_DIAL && (strcmp(reason, "connect_failed") == 0 ||
+	    strcmp(reason, "connect_timeout") == 0 ||
+	    strcmp(reason, "resolve_failed") == 0))
+		st->connect_failures++;
 
 	if (c->resolving)
 		uv_cancel((uv_req_t *)&c->gai);	/* its callback still runs */
@@ -230,7 +237,7 @@ static void handshake_failed(struct conn *c, const char *reason)
 {
 	struct log_line l;
 	char pin[PIN_TEXT_MAX];
-	c->tun->handshakes_failed++;
+	c->tun->stats.hs_failed[metrics_reason(reason)]++;
 	log_begin(&l, LOG_WARN, "handshake_failed");
 	log_str(&l, "tunnel", conn_cfg(c)->name);
 	log_u64(&l, "id", c->id);
@@ -264,6 +271,9 @@ void conn_handshake_step(struct conn *c)
 		handshake_failed(c, tls_verdict_reason(v));
 		return;
 	}
+	/* No session cache or tickets are configured: every one is full. */
+	metrics_handshake(&c->tun->stats,
+	    (double)(uv_hrtime() - c->hs_started) / 1e9, false);
 	if (log_enabled(LOG_DEBUG)) {
 		struct log_line l;
 		char pin[PIN_TEXT_MAX];
@@ -290,10 +300,11 @@ void conn_handshake_step(struct conn *c)
 static void tls_begin(struct conn *c)
 {
 	c->phase = PH_HANDSHAKE;
+	c->hs_started = uv_hrtime();
 	conn_phase_timer(c, conn_cfg(c)->handshake_timeout_ms);
 	mbedtls_ssl_init(&c->ssl);
 	c->ssl_init = true;
-	int rc = tls_session_setup(c->tun->tls, &c->ssl, &c->peer);
+	int rc = tls_session_setup(c->conf->tls, &c->ssl, &c->peer);
 	if (rc != 0) {
 		conn_error_tls(c, "TLS set-up", rc);
 		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? "nomem" :
@@ -464,10 +475,11 @@ void conn_accept(struct tunnel *t)
 		/* Leave it pending; the next freed connection retries. */
 		t->accept_held = true;
 		log_msg(LOG_ERROR, "accept_failed", "tunnel %s: out of memory",
-		    t->cfg->name);
+		    tunnel_cfg(t)->name);
 		return;
 	}
 	c->tun = t;
+	c->conf = tunnel_conf_hold(t->conf);
 	c->id = atomic_fetch_add(&next_conn_id, 1) + 1;
 	c->started = uv_now(t->loop);
 	snprintf(c->peer_text, sizeof c->peer_text, "-");
@@ -476,7 +488,7 @@ void conn_accept(struct tunnel *t)
 		t->conns->prev = c;
 	t->conns = c;
 	t->live++;
-	t->accepted++;
+	t->stats.accepted++;
 
 	uv_timer_init(t->loop, &c->timer);
 	c->timer.data = c;
@@ -506,7 +518,7 @@ void conn_accept(struct tunnel *t)
 
 	if (t->role == CFG_CLIENT) {
 		c->phase = PH_DIAL;
-		conn_phase_timer(c, t->cfg->connect_timeout_ms);
+		conn_phase_timer(c, conn_cfg(c)->connect_timeout_ms);
 		dial_start(c);
 	} else {
 		tls_begin(c);

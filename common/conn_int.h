@@ -42,6 +42,7 @@ struct wbuf {
 
 struct conn {
 	struct tunnel *tun;
+	struct tunnel_conf *conf;	/* the settings it was accepted with */
 	struct conn *prev, *next;	/* in tun->conns */
 	uint64_t id;
 	enum phase phase;
@@ -78,7 +79,8 @@ struct conn {
 	bool t2p_eof, t2p_done;		/* close_notify got: FIN sent, flushed */
 	uv_shutdown_t plain_shut, tls_shut;
 	uint64_t plain_in, plain_out;
-	uint64_t started, last_active;
+	uint64_t started, last_active;	/* uv_now, ms */
+	uint64_t hs_started;		/* uv_hrtime, ns */
 
 	bool dropped;
 	char peer_text[ADDR_TEXT_MAX];
@@ -92,7 +94,7 @@ static inline uv_loop_t *conn_loop(struct conn *c)
 
 static inline const struct cfg_tunnel *conn_cfg(struct conn *c)
 {
-	return c->tun->cfg;
+	return c->conf->cfg;
 }
 
 /* conn.c */

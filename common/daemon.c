@@ -1,29 +1,48 @@
 #include "daemon.h"
 
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <uv.h>
 
 #include "conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "rng.h"
+#include "status.h"
 #include "tls.h"
 #include "tunnel.h"
 
+/*
+ * A set of tunnels: the current ones (in config order) or those retired
+ * by a reload that still drain.
+ */
+struct tunnel_set {
+	struct tunnel **t;
+	size_t n;
+};
+
 struct daemon {
 	const char *prog;
+	const char *path;
 	enum cfg_role role;
-	struct cfg *cfg;
+	struct cfg *cfg;		/* current (held) */
 	uv_loop_t loop;
-	struct tunnel **tunnels;	/* cfg->ntunnels entries, some NULL */
-	size_t running;			/* tunnels not yet empty after stop */
+	struct tunnel_set active;
+	struct tunnel_set retiring;
+	struct status *status;
 	uv_signal_t sig_term, sig_int, sig_hup;
 	uv_timer_t drain_timer;
 	bool handles_open;
 	bool stopping;
+	bool dropped_privileges;
+	uint64_t reloads_ok, reloads_failed;
 	int exit_code;
 };
 
@@ -39,8 +58,35 @@ static void usage(FILE *f, const char *prog)
 	    "  -V, --version      print the version and exit\n"
 	    "  -h, --help         print this help and exit\n"
 	    "\n"
-	    "Signals: TERM or INT stop accepting, let open connections finish\n"
-	    "(up to drain_timeout) and exit 0.\n", prog, prog);
+	    "Signals: HUP re-reads the file and every certificate and key it\n"
+	    "names (open connections keep their settings; a file that fails\n"
+	    "to load changes nothing). TERM or INT stop accepting, let open\n"
+	    "connections finish (up to drain_timeout) and exit 0.\n",
+	    prog, prog);
+}
+
+/* ---- tunnel sets ---- */
+
+static int set_add(struct tunnel_set *s, struct tunnel *t)
+{
+	struct tunnel **p = realloc(s->t, (s->n + 1) * sizeof *p);
+	if (p == NULL)
+		return -1;
+	s->t = p;
+	s->t[s->n++] = t;
+	return 0;
+}
+
+static bool set_remove(struct tunnel_set *s, struct tunnel *t)
+{
+	for (size_t i = 0; i < s->n; i++) {
+		if (s->t[i] == t) {
+			memmove(&s->t[i], &s->t[i + 1], (s->n - i - 1) * sizeof *s->t);
+			s->n--;
+			return true;
+		}
+	}
+	return false;
 }
 
 static void close_daemon_handles(struct daemon *d)
@@ -52,58 +98,332 @@ static void close_daemon_handles(struct daemon *d)
 	uv_close((uv_handle_t *)&d->sig_int, NULL);
 	uv_close((uv_handle_t *)&d->sig_hup, NULL);
 	uv_close((uv_handle_t *)&d->drain_timer, NULL);
+	status_stop(d->status);
+	d->status = NULL;
 }
 
+/* A stopped tunnel has no connection left: free it. */
 static void on_tunnel_empty(struct tunnel *t)
 {
 	struct daemon *d = t->data;
-	if (--d->running == 0)
+	if (!set_remove(&d->retiring, t))
+		set_remove(&d->active, t);
+	tunnel_free(t);
+	if (d->stopping && d->active.n == 0 && d->retiring.n == 0)
 		close_daemon_handles(d);
+}
+
+static void drop_all(struct tunnel_set *s, const char *reason)
+{
+	for (size_t i = 0; i < s->n; i++)
+		tunnel_drop_all(s->t[i], reason);
 }
 
 static void on_drain_timeout(uv_timer_t *timer)
 {
 	struct daemon *d = timer->data;
 	unsigned left = 0;
-	for (size_t i = 0; i < d->cfg->ntunnels; i++)
-		if (d->tunnels[i] != NULL)
-			left += d->tunnels[i]->live;
+	for (size_t i = 0; i < d->active.n; i++)
+		left += d->active.t[i]->live;
+	for (size_t i = 0; i < d->retiring.n; i++)
+		left += d->retiring.t[i]->live;
 	struct log_line l;
 	log_begin(&l, LOG_WARN, "drain_timeout");
 	log_u64(&l, "connections", left);
 	log_str(&l, "msg", "closing the connections still open");
 	log_end(&l);
-	for (size_t i = 0; i < d->cfg->ntunnels; i++)
-		if (d->tunnels[i] != NULL)
-			tunnel_drop_all(d->tunnels[i], "drain");
+	drop_all(&d->active, "drain");
+	drop_all(&d->retiring, "drain");
 }
 
 /* Stop accepting everywhere; the loop ends when every tunnel is empty. */
 static void daemon_stop(struct daemon *d)
 {
 	d->stopping = true;
-	d->running = 0;
-	for (size_t i = 0; i < d->cfg->ntunnels; i++)
-		if (d->tunnels[i] != NULL)
-			d->running++;
-	if (d->running == 0) {
+	if (d->active.n == 0 && d->retiring.n == 0) {
 		close_daemon_handles(d);
 		return;
 	}
 	if (d->handles_open)
 		uv_timer_start(&d->drain_timer, on_drain_timeout,
 		    d->cfg->drain_timeout_ms, 0);
-	for (size_t i = 0; i < d->cfg->ntunnels; i++)
-		if (d->tunnels[i] != NULL)
-			tunnel_stop(d->tunnels[i], on_tunnel_empty);
+	/* tunnel_stop may call back at once: iterate over a copy. */
+	struct tunnel_set all = { 0 };
+	for (size_t i = 0; i < d->active.n; i++)
+		if (set_add(&all, d->active.t[i]) != 0)
+			tunnel_drop_all(d->active.t[i], "nomem");
+	for (size_t i = 0; i < all.n; i++)
+		tunnel_stop(all.t[i], on_tunnel_empty);
+	free(all.t);
+}
+
+/* ---- status endpoint ---- */
+
+static int render_metrics(struct daemon *d, struct sbuf *body)
+{
+	size_t n = d->active.n + d->retiring.n;
+	struct metrics_tunnel *mt = calloc(n ? n : 1, sizeof *mt);
+	if (mt == NULL) {
+		body->failed = true;
+		return 500;
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < d->active.n; i++, k++) {
+		struct tunnel *t = d->active.t[i];
+		mt[k] = (struct metrics_tunnel){ .name = tunnel_cfg(t)->name,
+			.stats = &t->stats, .open = t->live,
+			.listening = t->listener_open && !t->stopping };
+	}
+	/* A retired tunnel whose name lives on is reported once, as current. */
+	for (size_t i = 0; i < d->retiring.n; i++) {
+		struct tunnel *t = d->retiring.t[i];
+		bool shadowed = false;
+		for (size_t j = 0; j < d->active.n; j++)
+			if (strcmp(tunnel_cfg(d->active.t[j])->name,
+			    tunnel_cfg(t)->name) == 0)
+				shadowed = true;
+		if (!shadowed)
+			mt[k++] = (struct metrics_tunnel){
+				.name = tunnel_cfg(t)->name, .stats = &t->stats,
+				.open = t->live, .listening = false };
+	}
+	struct metrics_process p = {
+		.role = d->role == CFG_CLIENT ? "client" : "server",
+		.version = UPSEAL_VERSION, .draining = d->stopping,
+		.reloads_ok = d->reloads_ok, .reloads_failed = d->reloads_failed,
+	};
+	metrics_render(body, mt, k, &p);
+	free(mt);
+	return 200;
+}
+
+static int render(void *arg, const char *path, struct sbuf *body,
+    const char **content_type)
+{
+	struct daemon *d = arg;
+	if (strcmp(path, "/metrics") == 0) {
+		*content_type = "text/plain; version=0.0.4; charset=utf-8";
+		return render_metrics(d, body);
+	}
+	if (strcmp(path, "/healthz") == 0) {
+		if (d->stopping) {
+			sbuf_printf(body, "draining\n");
+			return 503;
+		}
+		for (size_t i = 0; i < d->active.n; i++) {
+			if (!d->active.t[i]->listener_open) {
+				sbuf_printf(body, "tunnel %s is not listening\n",
+				    tunnel_cfg(d->active.t[i])->name);
+				return 503;
+			}
+		}
+		sbuf_printf(body, "ok\n");
+		return 200;
+	}
+	sbuf_printf(body, "not found: try /metrics or /healthz\n");
+	return 404;
+}
+
+/* ---- starting tunnels, and reloading ---- */
+
+/*
+ * Build the settings of every tunnel in cfg. All or nothing: on error,
+ * err says what and where, and nothing is left built.
+ */
+static struct tunnel_conf **build_confs(struct daemon *d, struct cfg *cfg,
+    char *err, size_t errlen)
+{
+	struct tunnel_conf **tc = calloc(cfg->ntunnels, sizeof *tc);
+	if (tc == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	for (size_t i = 0; i < cfg->ntunnels; i++) {
+		tc[i] = tunnel_conf_new(cfg, &cfg->tunnels[i], d->role, err,
+		    errlen);
+		if (tc[i] == NULL) {
+			for (size_t j = 0; j < i; j++)
+				tunnel_conf_release(tc[j]);
+			free(tc);
+			return NULL;
+		}
+	}
+	return tc;
+}
+
+static void release_confs(struct tunnel_conf **tc, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		tunnel_conf_release(tc[i]);
+	free(tc);
+}
+
+static bool same_listen(const struct cfg_tunnel *a, const struct cfg_tunnel *b)
+{
+	char ta[ADDR_TEXT_MAX], tb[ADDR_TEXT_MAX];
+	addr_format(&a->listen, ta, sizeof ta);
+	addr_format(&b->listen, tb, sizeof tb);
+	return strcmp(ta, tb) == 0;
+}
+
+/* The running tunnel a new section can take over, or NULL. */
+static struct tunnel *find_reusable(struct daemon *d,
+    const struct cfg_tunnel *nt)
+{
+	for (size_t i = 0; i < d->active.n; i++) {
+		const struct cfg_tunnel *ot = tunnel_cfg(d->active.t[i]);
+		if (strcmp(ot->name, nt->name) == 0 && same_listen(ot, nt))
+			return d->active.t[i];
+	}
+	return NULL;
+}
+
+static int start_status(struct daemon *d, const struct cfg *cfg, char *err,
+    size_t errlen)
+{
+	if (!cfg->has_status)
+		return 0;
+	return status_start(&d->loop, &cfg->status, render, d, &d->status,
+	    err, errlen);
+}
+
+static bool same_status(const struct cfg *a, const struct cfg *b)
+{
+	char ta[ADDR_TEXT_MAX], tb[ADDR_TEXT_MAX];
+	if (a->has_status != b->has_status)
+		return false;
+	if (!a->has_status)
+		return true;
+	addr_format(&a->status, ta, sizeof ta);
+	addr_format(&b->status, tb, sizeof tb);
+	return strcmp(ta, tb) == 0;
+}
+
+static void log_reload_failed(struct daemon *d, const char *err)
+{
+	struct log_line l;
+	d->reloads_failed++;
+	log_begin(&l, LOG_ERROR, "reload_failed");
+	log_str(&l, "file", d->path);
+	log_str(&l, "error", err);
+	log_str(&l, "msg", "the running configuration is unchanged");
+	log_end(&l);
+}
+
+/*
+ * SIGHUP: load the file and every certificate and key it names, bind what
+ * is new, and only then switch. Any failure on the way changes nothing.
+ */
+static void reload(struct daemon *d)
+{
+	char err[1024];
+	struct cfg *cfg;
+	if (cfg_load(d->path, d->role, &cfg, err, sizeof err) != 0) {
+		log_reload_failed(d, err);
+		return;
+	}
+	struct tunnel_conf **tc = build_confs(d, cfg, err, sizeof err);
+	if (tc == NULL) {
+		log_reload_failed(d, err);
+		cfg_release(cfg);
+		return;
+	}
+	/* Bind the tunnels that are new or listen elsewhere now. */
+	struct tunnel **fresh = calloc(cfg->ntunnels, sizeof *fresh);
+	struct tunnel **keep = calloc(cfg->ntunnels, sizeof *keep);
+	bool failed = fresh == NULL || keep == NULL;
+	if (failed)
+		snprintf(err, sizeof err, "out of memory");
+	for (size_t i = 0; i < cfg->ntunnels && !failed; i++) {
+		keep[i] = find_reusable(d, &cfg->tunnels[i]);
+		if (keep[i] == NULL && tunnel_start(&d->loop, tc[i], d->role,
+		    &fresh[i], err, sizeof err) != 0)
+			failed = true;
+		else if (fresh[i] != NULL)
+			fresh[i]->data = d;
+	}
+	struct status *old_status = NULL;
+	bool status_changed = !failed && !same_status(d->cfg, cfg);
+	if (status_changed) {
+		old_status = d->status;
+		d->status = NULL;
+		if (start_status(d, cfg, err, sizeof err) != 0) {
+			failed = true;
+			d->status = old_status;
+			status_changed = false;
+		}
+	}
+	if (failed) {
+		for (size_t i = 0; fresh != NULL && i < cfg->ntunnels; i++) {
+			if (fresh[i] != NULL) {
+				set_add(&d->retiring, fresh[i]);
+				tunnel_stop(fresh[i], on_tunnel_empty);
+			}
+		}
+		free(fresh);
+		free(keep);
+		release_confs(tc, cfg->ntunnels);
+		cfg_release(cfg);
+		log_reload_failed(d, err);
+		return;
+	}
+
+	/* Commit: nothing below can fail in a way that needs undoing. */
+	if (status_changed)
+		status_stop(old_status);
+	struct tunnel_set next = { 0 };
+	size_t kept = 0, added = 0, removed = 0;
+	for (size_t i = 0; i < cfg->ntunnels; i++) {
+		struct tunnel *t = keep[i] ? keep[i] : fresh[i];
+		if (keep[i] != NULL) {
+			tunnel_reconfigure(keep[i], tc[i]);
+			set_remove(&d->active, keep[i]);
+			kept++;
+		} else {
+			added++;
+		}
+		if (set_add(&next, t) != 0) {
+			/* Cannot track it: stop it rather than lose it. */
+			set_add(&d->retiring, t);
+			tunnel_stop(t, on_tunnel_empty);
+		}
+	}
+	/* What is left of the old set was removed or moved: drain it. */
+	for (size_t i = 0; i < d->active.n; i++) {
+		struct tunnel *t = d->active.t[i];
+		removed++;
+		if (set_add(&d->retiring, t) != 0)
+			tunnel_drop_all(t, "nomem");
+		tunnel_stop(t, on_tunnel_empty);
+	}
+	free(d->active.t);
+	d->active = next;
+	free(fresh);
+	free(keep);
+	release_confs(tc, cfg->ntunnels);	/* tunnels hold their own */
+	cfg_release(d->cfg);
+	d->cfg = cfg;
+	log_setup(cfg->log_level, cfg->log_json);
+	d->reloads_ok++;
+
+	struct log_line l;
+	log_begin(&l, LOG_INFO, "reloaded");
+	log_str(&l, "file", d->path);
+	log_u64(&l, "tunnels", cfg->ntunnels);
+	log_u64(&l, "kept", kept);
+	log_u64(&l, "added", added);
+	log_u64(&l, "removed", removed);
+	log_end(&l);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
 {
 	struct daemon *d = s->data;
 	if (signum == SIGHUP) {
-		log_msg(LOG_WARN, "sighup", "configuration reload is not "
-		    "supported by this version; SIGHUP ignored");
+		if (d->stopping)
+			log_msg(LOG_WARN, "reload_ignored", "stopping: SIGHUP ignored");
+		else
+			reload(d);
 		return;
 	}
 	if (d->stopping) {
@@ -137,66 +457,125 @@ static int start_handles(struct daemon *d)
 	return 0;
 }
 
-/* Load every tunnel's certificate and key without binding anything. */
-static int check_tls(struct daemon *d)
+/*
+ * user = NAME: after binding and reading keys, switch to that user and
+ * its groups, for good. Running as that user already is fine.
+ */
+static int drop_privileges(const char *user, char *err, size_t errlen)
 {
-	char err[1024];
-	for (size_t i = 0; i < d->cfg->ntunnels; i++) {
-		struct tls_ctx *ctx;
-		if (tls_ctx_new(&d->cfg->tunnels[i], d->role, &ctx, err,
-		    sizeof err) != 0) {
-			fprintf(stderr, "%s: %s: %s\n", d->prog, d->cfg->path, err);
-			return -1;
-		}
-		tls_ctx_free(ctx);
+	errno = 0;
+	struct passwd *pw = getpwnam(user);
+	if (pw == NULL) {
+		snprintf(err, errlen, "user = %s: no such user%s%s", user,
+		    errno ? ": " : "", errno ? strerror(errno) : "");
+		return -1;
+	}
+	if (getuid() == pw->pw_uid && geteuid() == pw->pw_uid)
+		return 0;
+	if (geteuid() != 0) {
+		snprintf(err, errlen, "user = %s: cannot switch users: not "
+		    "started as root", user);
+		return -1;
+	}
+	if (initgroups(pw->pw_name, pw->pw_gid) != 0 ||
+	    setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
+		snprintf(err, errlen, "user = %s: cannot switch: %s", user,
+		    strerror(errno));
+		return -1;
+	}
+	if (setuid(0) == 0) {
+		snprintf(err, errlen, "user = %s: root could be regained", user);
+		return -1;
 	}
 	return 0;
 }
 
-static int run(struct daemon *d)
+/* Load every tunnel's certificate and key without binding anything. */
+static int check_tls(struct daemon *d)
 {
 	char err[1024];
-	d->tunnels = calloc(d->cfg->ntunnels, sizeof *d->tunnels);
-	if (d->tunnels == NULL || uv_loop_init(&d->loop) != 0) {
-		fprintf(stderr, "%s: cannot set up the event loop\n", d->prog);
-		free(d->tunnels);
-		return 1;
+	struct tunnel_conf **tc = build_confs(d, d->cfg, err, sizeof err);
+	if (tc == NULL) {
+		fprintf(stderr, "%s: %s: %s\n", d->prog, d->cfg->path, err);
+		return -1;
 	}
+	release_confs(tc, d->cfg->ntunnels);
+	return 0;
+}
+
+static void start_failed(struct daemon *d, const char *err)
+{
+	struct log_line l;
+	log_begin(&l, LOG_ERROR, "start_failed");
+	log_str(&l, "file", d->path);
+	log_str(&l, "msg", err);
+	log_end(&l);
+	d->exit_code = 1;
+	daemon_stop(d);
+}
+
+static void start(struct daemon *d)
+{
+	char err[1024];
 	if (start_handles(d) != 0) {
-		log_msg(LOG_ERROR, "start_failed", "cannot install signal handlers");
-		d->exit_code = 1;
-		daemon_stop(d);
+		start_failed(d, "cannot install signal handlers");
+		return;
 	}
-	for (size_t i = 0; i < d->cfg->ntunnels && !d->stopping; i++) {
+	struct tunnel_conf **tc = build_confs(d, d->cfg, err, sizeof err);
+	if (tc == NULL) {
+		start_failed(d, err);
+		return;
+	}
+	for (size_t i = 0; i < d->cfg->ntunnels; i++) {
 		struct tunnel *t;
-		if (tunnel_start(&d->loop, &d->cfg->tunnels[i], d->role, &t,
-		    err, sizeof err) != 0) {
-			struct log_line l;
-			log_begin(&l, LOG_ERROR, "start_failed");
-			log_str(&l, "file", d->cfg->path);
-			log_str(&l, "msg", err);
-			log_end(&l);
-			d->exit_code = 1;
-			daemon_stop(d);
-			break;
+		if (tunnel_start(&d->loop, tc[i], d->role, &t, err,
+		    sizeof err) != 0) {
+			release_confs(tc, d->cfg->ntunnels);
+			start_failed(d, err);
+			return;
 		}
 		t->data = d;
-		d->tunnels[i] = t;
+		if (set_add(&d->active, t) != 0) {
+			set_add(&d->retiring, t);	/* may fail too: */
+			tunnel_stop(t, on_tunnel_empty);
+			release_confs(tc, d->cfg->ntunnels);
+			start_failed(d, "out of memory");
+			return;
+		}
 	}
-	if (!d->stopping) {
-		struct log_line l;
-		log_begin(&l, LOG_INFO, "ready");
-		log_str(&l, "role", d->role == CFG_CLIENT ? "client" : "server");
-		log_u64(&l, "tunnels", d->cfg->ntunnels);
-		log_str(&l, "version", UPSEAL_VERSION);
-		log_end(&l);
+	release_confs(tc, d->cfg->ntunnels);
+	if (start_status(d, d->cfg, err, sizeof err) != 0) {
+		start_failed(d, err);
+		return;
 	}
+	if (d->cfg->user != NULL) {
+		if (drop_privileges(d->cfg->user, err, sizeof err) != 0) {
+			start_failed(d, err);
+			return;
+		}
+		d->dropped_privileges = true;
+	}
+	struct log_line l;
+	log_begin(&l, LOG_INFO, "ready");
+	log_str(&l, "role", d->role == CFG_CLIENT ? "client" : "server");
+	log_u64(&l, "tunnels", d->cfg->ntunnels);
+	log_str(&l, "version", UPSEAL_VERSION);
+	if (d->cfg->user != NULL)
+		log_str(&l, "user", d->cfg->user);
+	log_end(&l);
+}
 
+static int run(struct daemon *d)
+{
+	if (uv_loop_init(&d->loop) != 0) {
+		fprintf(stderr, "%s: cannot set up the event loop\n", d->prog);
+		return 1;
+	}
+	start(d);
 	uv_run(&d->loop, UV_RUN_DEFAULT);
 
-	for (size_t i = 0; i < d->cfg->ntunnels; i++)
-		tunnel_free(d->tunnels[i]);
-	free(d->tunnels);
+	free(d->active.t);
+	free(d->retiring.t);
 	conn_release_buffers();
 	int rc = uv_loop_close(&d->loop);
 	if (rc != 0) {
@@ -213,16 +592,15 @@ int daemon_main(int argc, char **argv, enum cfg_role role)
 {
 	struct daemon d = { .prog = role == CFG_CLIENT ? "upseal-client" :
 	    "upseal-server", .role = role };
-	const char *path = NULL;
 	bool check = false;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if ((strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) &&
 		    i + 1 < argc) {
-			path = argv[++i];
+			d.path = argv[++i];
 		} else if (strncmp(a, "--config=", 9) == 0) {
-			path = a + 9;
+			d.path = a + 9;
 		} else if (strcmp(a, "--check") == 0) {
 			check = true;
 		} else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
@@ -237,28 +615,28 @@ int daemon_main(int argc, char **argv, enum cfg_role role)
 			return 2;
 		}
 	}
-	if (path == NULL) {
+	if (d.path == NULL) {
 		fprintf(stderr, "%s: no configuration: use -c FILE\n", d.prog);
 		usage(stderr, d.prog);
 		return 2;
 	}
 
 	char err[1024];
-	if (cfg_load(path, role, &d.cfg, err, sizeof err) != 0) {
+	if (cfg_load(d.path, role, &d.cfg, err, sizeof err) != 0) {
 		fprintf(stderr, "%s: %s\n", d.prog, err);
 		return 1;
 	}
 	if (check) {
 		int rc = check_tls(&d);
 		if (rc == 0)
-			printf("%s: ok, %zu tunnel(s)\n", path, d.cfg->ntunnels);
-		cfg_free(d.cfg);
+			printf("%s: ok, %zu tunnel(s)\n", d.path, d.cfg->ntunnels);
+		cfg_release(d.cfg);
 		return rc == 0 ? 0 : 1;
 	}
 
 	log_setup(d.cfg->log_level, d.cfg->log_json);
 	signal(SIGPIPE, SIG_IGN);	/* libuv does not; a write error is enough */
 	int rc = run(&d);
-	cfg_free(d.cfg);
+	cfg_release(d.cfg);
 	return rc;
 }

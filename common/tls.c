@@ -41,6 +41,22 @@ static void file_error(char *err, size_t errlen, const char *tunnel,
 	    log_tlserr(tlsrc, tlsmsg, sizeof tlsmsg));
 }
 
+/* A private key that other users can read is worth a warning, not a refusal. */
+static void warn_if_exposed(const struct cfg_tunnel *t, const char *path)
+{
+	struct stat st;
+	if (stat(path, &st) != 0 || (st.st_mode & 077) == 0)
+		return;
+	struct log_line l;
+	log_begin(&l, LOG_WARN, "key_permissions");
+	log_str(&l, "tunnel", t->name);
+	log_str(&l, "key", path);
+	log_fmt(&l, "mode", "%04o", (unsigned)(st.st_mode & 07777));
+	log_str(&l, "msg", "the private key is readable by other users; "
+	    "chmod 600 it");
+	log_end(&l);
+}
+
 static int load_crt(mbedtls_x509_crt *crt, const struct cfg_tunnel *t,
     const char *key, const char *path, char *err, size_t errlen)
 {
@@ -131,6 +147,7 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 		    "supported)", rc);
 		goto fail;
 	}
+	warn_if_exposed(t, t->key);
 	rc = compat_pk_check_pair(&ctx->own_crt.pk, &ctx->own_key, rng_get());
 	if (rc != 0) {
 		snprintf(err, errlen, "[%s] key: %s does not match the "

@@ -20,13 +20,13 @@ static void on_connection(uv_stream_t *server, int status)
 	struct tunnel *t = server->data;
 	if (status < 0) {
 		/* EMFILE and friends: libuv sheds the connection; say so. */
-		log_msg(LOG_WARN, "accept_error", "tunnel %s: %s", t->cfg->name,
+		log_msg(LOG_WARN, "accept_error", "tunnel %s: %s", tunnel_cfg(t)->name,
 		    log_uverr(status));
 		return;
 	}
 	if (t->stopping)
 		return;
-	if (t->live >= t->cfg->max_connections) {
+	if (t->live >= tunnel_cfg(t)->max_connections) {
 		/*
 		 * Not calling uv_accept makes libuv stop polling the listener
 		 * until we do: new connections wait in the kernel's backlog.
@@ -34,8 +34,8 @@ static void on_connection(uv_stream_t *server, int status)
 		if (!t->accept_held) {
 			struct log_line l;
 			log_begin(&l, LOG_WARN, "max_connections");
-			log_str(&l, "tunnel", t->cfg->name);
-			log_u64(&l, "limit", t->cfg->max_connections);
+			log_str(&l, "tunnel", tunnel_cfg(t)->name);
+			log_u64(&l, "limit", tunnel_cfg(t)->max_connections);
 			log_str(&l, "msg", "accepting paused until a connection ends");
 			log_end(&l);
 		}
@@ -79,8 +79,8 @@ static int unix_path_free(const char *path, char *err, size_t errlen,
 
 static int listen_unix(struct tunnel *t, char *err, size_t errlen)
 {
-	const struct addr *a = &t->cfg->listen;
-	if (unix_path_free(a->path, err, errlen, t->cfg->name) != 0)
+	const struct addr *a = &tunnel_cfg(t)->listen;
+	if (unix_path_free(a->path, err, errlen, tunnel_cfg(t)->name) != 0)
 		return -1;
 	int rc = uv_pipe_init(t->loop, &t->listener.pipe, 0);
 	if (rc == 0) {
@@ -88,7 +88,7 @@ static int listen_unix(struct tunnel *t, char *err, size_t errlen)
 		rc = uv_pipe_bind(&t->listener.pipe, a->path);
 	}
 	if (rc != 0) {
-		snprintf(err, errlen, "[%s] listen unix:%s: %s", t->cfg->name,
+		snprintf(err, errlen, "[%s] listen unix:%s: %s", tunnel_cfg(t)->name,
 		    a->path, log_uverr(rc));
 		return -1;
 	}
@@ -98,7 +98,7 @@ static int listen_unix(struct tunnel *t, char *err, size_t errlen)
 
 static int listen_tcp(struct tunnel *t, char *err, size_t errlen)
 {
-	const struct addr *a = &t->cfg->listen;
+	const struct addr *a = &tunnel_cfg(t)->listen;
 	char text[ADDR_TEXT_MAX];
 	struct addrinfo *res = NULL;
 	const struct sockaddr *sa = (const struct sockaddr *)&a->sa;
@@ -112,7 +112,7 @@ static int listen_tcp(struct tunnel *t, char *err, size_t errlen)
 		int gai = getaddrinfo(a->host, port, &hints, &res);
 		if (gai != 0) {
 			snprintf(err, errlen, "[%s] listen %s: cannot resolve: %s",
-			    t->cfg->name, text, gai_strerror(gai));
+			    tunnel_cfg(t)->name, text, gai_strerror(gai));
 			return -1;
 		}
 		sa = res->ai_addr;
@@ -125,7 +125,7 @@ static int listen_tcp(struct tunnel *t, char *err, size_t errlen)
 	if (res != NULL)
 		freeaddrinfo(res);
 	if (rc != 0) {
-		snprintf(err, errlen, "[%s] listen %s: %s", t->cfg->name, text,
+		snprintf(err, errlen, "[%s] listen %s: %s", tunnel_cfg(t)->name, text,
 		    log_uverr(rc));
 		return -1;
 	}
@@ -143,17 +143,52 @@ static void bound_name(struct tunnel *t)
 		    sizeof t->listen_text);
 }
 
+struct tunnel_conf *tunnel_conf_new(struct cfg *owner,
+    const struct cfg_tunnel *cfg, enum cfg_role role, char *err,
+    size_t errlen)
+{
+	struct tunnel_conf *tc = calloc(1, sizeof *tc);
+	if (tc == NULL) {
+		snprintf(err, errlen, "[%s] out of memory", cfg->name);
+		return NULL;
+	}
+	if (tls_ctx_new(cfg, role, &tc->tls, err, errlen) != 0) {
+		free(tc);
+		return NULL;
+	}
+	tc->refs = 1;
+	tc->owner = cfg_hold(owner);
+	tc->cfg = cfg;
+	return tc;
+}
+
+struct tunnel_conf *tunnel_conf_hold(struct tunnel_conf *tc)
+{
+	tc->refs++;
+	return tc;
+}
+
+void tunnel_conf_release(struct tunnel_conf *tc)
+{
+	if (tc == NULL || --tc->refs > 0)
+		return;
+	tls_ctx_free(tc->tls);
+	cfg_release(tc->owner);
+	free(tc);
+}
+
 static void on_listener_closed_free(uv_handle_t *h)
 {
 	struct tunnel *t = h->data;
 	t->listener_open = false;
-	tls_ctx_free(t->tls);
+	tunnel_conf_release(t->conf);
 	free(t);
 }
 
-int tunnel_start(uv_loop_t *loop, const struct cfg_tunnel *cfg,
+int tunnel_start(uv_loop_t *loop, struct tunnel_conf *conf,
     enum cfg_role role, struct tunnel **out, char *err, size_t errlen)
 {
+	const struct cfg_tunnel *cfg = conf->cfg;
 	*out = NULL;
 	struct tunnel *t = calloc(1, sizeof *t);
 	if (t == NULL) {
@@ -161,11 +196,9 @@ int tunnel_start(uv_loop_t *loop, const struct cfg_tunnel *cfg,
 		return -1;
 	}
 	t->loop = loop;
-	t->cfg = cfg;
+	t->conf = tunnel_conf_hold(conf);
 	t->role = role;
 	t->listener.h.data = t;
-	if (tls_ctx_new(cfg, role, &t->tls, err, errlen) != 0)
-		goto fail;
 
 	int rc = cfg->listen.kind == ADDR_UNIX ? listen_unix(t, err, errlen) :
 	    listen_tcp(t, err, errlen);
@@ -207,9 +240,22 @@ fail:
 		uv_close(&t->listener.h, on_listener_closed_free);
 		return -1;
 	}
-	tls_ctx_free(t->tls);
+	tunnel_conf_release(t->conf);
 	free(t);
 	return -1;
+}
+
+void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf)
+{
+	struct tunnel_conf *old = t->conf;
+	t->conf = tunnel_conf_hold(conf);
+	tunnel_conf_release(old);
+	/* A raised max_connections lets a held connection in. */
+	if (t->accept_held && !t->stopping &&
+	    t->live < tunnel_cfg(t)->max_connections) {
+		t->accept_held = false;
+		conn_accept(t);
+	}
 }
 
 static void check_empty(struct tunnel *t)
@@ -234,8 +280,8 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 		return;
 	t->stopping = true;
 	t->on_empty = on_empty;
-	if (t->cfg->listen.kind == ADDR_UNIX)
-		unlink(t->cfg->listen.path);
+	if (tunnel_cfg(t)->listen.kind == ADDR_UNIX)
+		unlink(tunnel_cfg(t)->listen.path);
 	if (t->listener_open)
 		uv_close(&t->listener.h, on_listener_closed);
 }
@@ -251,7 +297,7 @@ void tunnel_conn_freed(struct tunnel *t)
 {
 	t->live--;
 	if (t->accept_held && !t->stopping &&
-	    t->live < t->cfg->max_connections) {
+	    t->live < tunnel_cfg(t)->max_connections) {
 		t->accept_held = false;
 		conn_accept(t);
 	}
@@ -262,6 +308,6 @@ void tunnel_free(struct tunnel *t)
 {
 	if (t == NULL)
 		return;
-	tls_ctx_free(t->tls);
+	tunnel_conf_release(t->conf);
 	free(t);
 }

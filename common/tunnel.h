@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "tls.h"
 
 struct conn;
@@ -24,11 +25,23 @@ union stream {
 	uv_pipe_t pipe;
 };
 
+/*
+ * One generation of a tunnel's settings: its section of a loaded config
+ * and the TLS context built from it. Shared (counted) by the tunnel and
+ * by every connection accepted while it was current, so a reload can
+ * swap in new settings while open connections keep theirs.
+ */
+struct tunnel_conf {
+	unsigned refs;
+	struct cfg *owner;		/* held: cfg lives inside it */
+	const struct cfg_tunnel *cfg;
+	struct tls_ctx *tls;
+};
+
 struct tunnel {
 	uv_loop_t *loop;
-	const struct cfg_tunnel *cfg;	/* owned by the daemon's cfg */
+	struct tunnel_conf *conf;	/* current settings (held) */
 	enum cfg_role role;
-	struct tls_ctx *tls;
 	union stream listener;
 	bool listener_open;		/* initialised, needs uv_close */
 	bool accept_held;		/* a connection waits for uv_accept */
@@ -39,19 +52,41 @@ struct tunnel {
 	/* Called when stopping and the last connection is freed. */
 	void (*on_empty)(struct tunnel *t);
 	void *data;			/* the daemon's */
-	/* Counters. */
-	uint64_t accepted;
-	uint64_t handshakes_failed;
+	struct tunnel_stats stats;
 };
 
 /*
- * Create the tunnel for cfg (which must outlive it): build its TLS
- * context, bind and listen. Logs `listening` with the bound address. On
- * error returns -1 and writes what went wrong into err; nothing is left
- * open.
+ * Build the settings for section cfg of owner (which gains a reference):
+ * loads its certificate, key and CA. On error returns NULL and err says
+ * what is wrong and where.
  */
-int tunnel_start(uv_loop_t *loop, const struct cfg_tunnel *cfg,
+struct tunnel_conf *tunnel_conf_new(struct cfg *owner,
+    const struct cfg_tunnel *cfg, enum cfg_role role, char *err,
+    size_t errlen);
+struct tunnel_conf *tunnel_conf_hold(struct tunnel_conf *tc);
+/* Drop a reference; the last frees the TLS context and releases owner. */
+void tunnel_conf_release(struct tunnel_conf *tc);
+
+/*
+ * Create a tunnel with settings conf (the tunnel takes a reference): bind
+ * and listen. Logs `listening` with the bound address. On error returns
+ * -1 and writes what went wrong into err; nothing is left open (a listener
+ * that was opened is closed on the next loop turn).
+ */
+int tunnel_start(uv_loop_t *loop, struct tunnel_conf *conf,
     enum cfg_role role, struct tunnel **out, char *err, size_t errlen);
+
+/*
+ * Switch a running tunnel to new settings with the same listen address:
+ * connections accepted from now on use conf; open ones keep theirs.
+ */
+void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf);
+
+/* The tunnel's current section of the config. */
+static inline const struct cfg_tunnel *tunnel_cfg(const struct tunnel *t)
+{
+	return t->conf->cfg;
+}
 
 /*
  * Stop accepting (the listener is closed; a unix socket file is removed)

@@ -365,14 +365,43 @@ TEST(config_unknown_keys)
 {
 	CLIENT_ERR("[app]\nlisten = 127.0.0.1:7001\ncolour = blue\n",
 	    "client.ini:3: [app] colour: unknown key; expected one of listen, connect,");
-	CLIENT_ERR("[upseal]\nstatus = 127.0.0.1:9180\n",
-	    "client.ini:2: [upseal] status: unknown key; expected one of log_level, "
-	    "log_format, drain_timeout");
+	CLIENT_ERR("[upseal]\nworkerz = 2\n",
+	    "client.ini:2: [upseal] workerz: unknown key; expected one of log_level, "
+	    "log_format, drain_timeout, status, status_allow_remote, user");
 	CLIENT_ERR("[upseal]\nlisten = 127.0.0.1:1\n",
 	    "client.ini:2: [upseal] listen: unknown key");
 	CHECK_CONTAINS(err, "tunnel keys go in a [name] section");
 	CLIENT_ERR("; comment\nlisten = 127.0.0.1:7001\n",
 	    "client.ini:2: listen: key before any section");
+}
+
+TEST(config_status_and_user)
+{
+	struct cfg *c = NULL;
+	char e[512];
+	const char *path = write_ini("client.ini", "[upseal]\n"
+	    "status = 127.0.0.1:9180\nuser = upseal\n" CLIENT_APP);
+	CHECK_INT(cfg_load(path, CFG_CLIENT, &c, e, sizeof e), 0);
+	if (c != NULL) {
+		CHECK(c->has_status);
+		CHECK_INT(c->status.port, 9180);
+		CHECK_STR(c->user, "upseal");
+		CHECK_INT(c->refs, 1);
+		cfg_hold(c);
+		cfg_release(c);
+		CHECK_INT(c->refs, 1);
+		cfg_release(c);
+	}
+	CLIENT_ERR("[upseal]\nstatus = 0.0.0.0:9180\n" CLIENT_APP,
+	    "client.ini:2: [upseal] status: 0.0.0.0:9180 is not a loopback "
+	    "address; expected 127.0.0.1:PORT");
+	path = write_ini("client.ini", "[upseal]\nstatus = 0.0.0.0:9180\n"
+	    "status_allow_remote = yes\n" CLIENT_APP);
+	c = NULL;
+	CHECK_INT(cfg_load(path, CFG_CLIENT, &c, e, sizeof e), 0);
+	cfg_free(c);
+	CLIENT_ERR("[upseal]\nuser = root;rm\n" CLIENT_APP,
+	    "client.ini:2: [upseal] user: \"root;rm\" is not a user name");
 }
 
 TEST(config_value_errors)

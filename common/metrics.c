@@ -1,0 +1,159 @@
+#include "metrics.h"
+
+#include <stddef.h>
+#include <string.h>
+
+static const char *const reasons[METRICS_REASONS] = {
+	"closed", "truncated", "plain_reset", "plain_error", "tls_reset",
+	"tls_error", "pin_mismatch", "no_cert", "chain_invalid",
+	"name_mismatch", "not_tls", "protocol_version", "peer_alert",
+	"handshake_timeout", "handshake_eof", "handshake_failed",
+	"connect_failed", "connect_timeout", "resolve_failed", "idle_timeout",
+	"drain", "nomem", "accept_failed", "other",
+};
+
+static const double hs_bounds[METRICS_HS_BUCKETS] = {
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5,
+};
+
+unsigned metrics_reason(const char *reason)
+{
+	for (unsigned i = 0; i < METRICS_REASONS - 1; i++)
+		if (strcmp(reasons[i], reason) == 0)
+			return i;
+	return METRICS_REASONS - 1;
+}
+
+void metrics_handshake(struct tunnel_stats *s, double seconds, bool resumed)
+{
+	unsigned i = 0;
+	while (i < METRICS_HS_BUCKETS && seconds > hs_bounds[i])
+		i++;
+	s->hs_bucket[i]++;
+	s->hs_seconds += seconds;
+	if (resumed)
+		s->hs_resumed++;
+	else
+		s->hs_full++;
+}
+
+static void header(struct sbuf *b, const char *name, const char *type,
+    const char *help)
+{
+	sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Tunnel names are [A-Za-z0-9_.-]: no label escaping is needed. */
+static void per_tunnel(struct sbuf *b, const struct metrics_tunnel *t,
+    size_t n, const char *name, const char *type, const char *help,
+    size_t field_off)
+{
+	header(b, name, type, help);
+	for (size_t i = 0; i < n; i++) {
+		uint64_t v = *(const uint64_t *)((const char *)t[i].stats + field_off);
+		sbuf_printf(b, "%s{tunnel=\"%s\"} %llu\n", name, t[i].name,
+		    (unsigned long long)v);
+	}
+}
+
+static void by_reason(struct sbuf *b, const struct metrics_tunnel *t,
+    size_t n, const char *name, const char *help, bool failed)
+{
+	header(b, name, "counter", help);
+	for (size_t i = 0; i < n; i++) {
+		const uint64_t *v = failed ? t[i].stats->hs_failed :
+		    t[i].stats->closed;
+		for (unsigned r = 0; r < METRICS_REASONS; r++)
+			if (v[r] != 0)
+				sbuf_printf(b, "%s{tunnel=\"%s\",reason=\"%s\"} "
+				    "%llu\n", name, t[i].name, reasons[r],
+				    (unsigned long long)v[r]);
+	}
+}
+
+static void histogram(struct sbuf *b, const struct metrics_tunnel *t, size_t n)
+{
+	const char *name = "upseal_handshake_duration_seconds";
+	header(b, name, "histogram", "Time from the first TLS byte to a "
+	    "pinned, completed handshake.");
+	for (size_t i = 0; i < n; i++) {
+		const struct tunnel_stats *s = t[i].stats;
+		uint64_t sum = 0;
+		for (unsigned k = 0; k <= METRICS_HS_BUCKETS; k++) {
+			sum += s->hs_bucket[k];
+			if (k < METRICS_HS_BUCKETS)
+				sbuf_printf(b, "%s_bucket{tunnel=\"%s\",le=\"%g\"} "
+				    "%llu\n", name, t[i].name, hs_bounds[k],
+				    (unsigned long long)sum);
+			else
+				sbuf_printf(b, "%s_bucket{tunnel=\"%s\",le=\"+Inf\"} "
+				    "%llu\n", name, t[i].name,
+				    (unsigned long long)sum);
+		}
+		sbuf_printf(b, "%s_sum{tunnel=\"%s\"} %.6f\n", name, t[i].name,
+		    s->hs_seconds);
+		sbuf_printf(b, "%s_count{tunnel=\"%s\"} %llu\n", name, t[i].name,
+		    (unsigned long long)sum);
+	}
+}
+
+#define FIELD(f) offsetof(struct tunnel_stats, f)
+
+void metrics_render(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
+    const struct metrics_process *p)
+{
+	header(b, "upseal_build_info", "gauge", "Version and role of this "
+	    "process.");
+	sbuf_printf(b, "upseal_build_info{version=\"%s\",role=\"%s\"} 1\n",
+	    p->version, p->role);
+	header(b, "upseal_draining", "gauge", "1 while stopping: not "
+	    "accepting, letting connections finish.");
+	sbuf_printf(b, "upseal_draining %d\n", p->draining ? 1 : 0);
+	header(b, "upseal_config_reloads_total", "counter", "Configuration "
+	    "reloads (SIGHUP) by result.");
+	sbuf_printf(b, "upseal_config_reloads_total{result=\"success\"} %llu\n",
+	    (unsigned long long)p->reloads_ok);
+	sbuf_printf(b, "upseal_config_reloads_total{result=\"failure\"} %llu\n",
+	    (unsigned long long)p->reloads_failed);
+
+	header(b, "upseal_tunnel_listening", "gauge", "1 if the tunnel "
+	    "accepts connections.");
+	for (size_t i = 0; i < n; i++)
+		sbuf_printf(b, "upseal_tunnel_listening{tunnel=\"%s\"} %d\n",
+		    t[i].name, t[i].listening ? 1 : 0);
+	header(b, "upseal_connections_open", "gauge", "Connections open now.");
+	for (size_t i = 0; i < n; i++)
+		sbuf_printf(b, "upseal_connections_open{tunnel=\"%s\"} %u\n",
+		    t[i].name, t[i].open);
+	per_tunnel(b, t, n, "upseal_connections_accepted_total", "counter",
+	    "Connections accepted.", FIELD(accepted));
+	by_reason(b, t, n, "upseal_connections_closed_total", "Connections "
+	    "ended, by the reason in the conn_end log line.", false);
+	by_reason(b, t, n, "upseal_handshake_failures_total", "TLS "
+	    "handshakes that failed or whose peer was refused, by reason.",
+	    true);
+	header(b, "upseal_handshakes_total", "counter", "Completed, pinned "
+	    "handshakes, full or resumed.");
+	for (size_t i = 0; i < n; i++) {
+		sbuf_printf(b, "upseal_handshakes_total{tunnel=\"%s\",kind="
+		    "\"full\"} %llu\n", t[i].name,
+		    (unsigned long long)t[i].stats->hs_full);
+		sbuf_printf(b, "upseal_handshakes_total{tunnel=\"%s\",kind="
+		    "\"resumed\"} %llu\n", t[i].name,
+		    (unsigned long long)t[i].stats->hs_resumed);
+	}
+	header(b, "upseal_bytes_total", "counter", "Plaintext bytes carried: "
+	    "plain_in read from the plaintext end, plain_out written to it.");
+	for (size_t i = 0; i < n; i++) {
+		sbuf_printf(b, "upseal_bytes_total{tunnel=\"%s\",direction="
+		    "\"plain_in\"} %llu\n", t[i].name,
+		    (unsigned long long)t[i].stats->bytes_in);
+		sbuf_printf(b, "upseal_bytes_total{tunnel=\"%s\",direction="
+		    "\"plain_out\"} %llu\n", t[i].name,
+		    (unsigned long long)t[i].stats->bytes_out);
+	}
+	per_tunnel(b, t, n, "upseal_connect_failures_total", "counter",
+	    "Dials of the next hop that failed or timed out.",
+	    FIELD(connect_failures));
+	histogram(b, t, n);
+}
