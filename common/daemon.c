@@ -11,6 +11,7 @@
 
 #include <uv.h>
 
+#include "audit.h"
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
@@ -49,12 +50,15 @@ struct daemon {
 static void usage(FILE *f, const char *prog)
 {
 	fprintf(f,
-	    "usage: %s -c FILE [--check]\n"
+	    "usage: %s -c FILE [--check | --audit]\n"
 	    "       %s --version | --help\n"
 	    "\n"
 	    "  -c, --config FILE  the ini file with the tunnels to run\n"
 	    "      --check        validate the file (and its certificates and\n"
 	    "                     keys), print the result and exit 0 or 1\n"
+	    "      --audit        (upseal-server) tell whether each tunnel's\n"
+	    "                     backend also listens where the network can\n"
+	    "                     reach it; exit 1 if one does\n"
 	    "  -V, --version      print the version and exit\n"
 	    "  -h, --help         print this help and exit\n"
 	    "\n"
@@ -490,6 +494,44 @@ static int drop_privileges(const char *user, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * --audit: for each tunnel, does its backend also listen where the
+ * network can reach it? Exit 1 if any does (or cannot be told).
+ */
+static int audit_all(const struct daemon *d)
+{
+	int rc = 0;
+	for (size_t i = 0; i < d->cfg->ntunnels; i++) {
+		const struct cfg_tunnel *t = &d->cfg->tunnels[i];
+		struct audit_result r;
+		if (audit_backend(&t->connect, &r) != 0 || r.exposed)
+			rc = 1;
+		audit_report(stdout, t->name, &t->connect, &r);
+	}
+	return rc;
+}
+
+/* At start: say loudly when a backend can be reached around the tunnel. */
+static void audit_warn(const struct daemon *d)
+{
+	for (size_t i = 0; i < d->cfg->ntunnels; i++) {
+		const struct cfg_tunnel *t = &d->cfg->tunnels[i];
+		struct audit_result r;
+		char where[256];
+		if (audit_backend(&t->connect, &r) != 0 || !r.exposed)
+			continue;
+		audit_exposed_list(&r, where, sizeof where);
+		struct log_line l;
+		log_begin(&l, LOG_WARN, "backend_exposed");
+		log_str(&l, "tunnel", t->name);
+		log_str(&l, "listening", where);
+		log_str(&l, "msg", "the backend also listens on a network "
+		    "address, where it can be reached without the tunnel: bind "
+		    "it to 127.0.0.1 only (run --audit for details)");
+		log_end(&l);
+	}
+}
+
 /* Load every tunnel's certificate and key without binding anything. */
 static int check_tls(struct daemon *d)
 {
@@ -544,6 +586,8 @@ static void start(struct daemon *d)
 		}
 	}
 	release_confs(tc, d->cfg->ntunnels);
+	if (d->role == CFG_SERVER)
+		audit_warn(d);
 	if (start_status(d, d->cfg, err, sizeof err) != 0) {
 		start_failed(d, err);
 		return;
@@ -592,7 +636,7 @@ int daemon_main(int argc, char **argv, enum cfg_role role)
 {
 	struct daemon d = { .prog = role == CFG_CLIENT ? "upseal-client" :
 	    "upseal-server", .role = role };
-	bool check = false;
+	bool check = false, audit = false;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -603,6 +647,8 @@ int daemon_main(int argc, char **argv, enum cfg_role role)
 			d.path = a + 9;
 		} else if (strcmp(a, "--check") == 0) {
 			check = true;
+		} else if (strcmp(a, "--audit") == 0 && role == CFG_SERVER) {
+			audit = true;
 		} else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
 			printf("%s %s\n", d.prog, UPSEAL_VERSION);
 			return 0;
@@ -625,6 +671,11 @@ int daemon_main(int argc, char **argv, enum cfg_role role)
 	if (cfg_load(d.path, role, &d.cfg, err, sizeof err) != 0) {
 		fprintf(stderr, "%s: %s\n", d.prog, err);
 		return 1;
+	}
+	if (audit) {
+		int rc = audit_all(&d);
+		cfg_release(d.cfg);
+		return rc;
 	}
 	if (check) {
 		int rc = check_tls(&d);
