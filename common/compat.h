@@ -185,4 +185,15 @@ static inline const int *compat_ciphersuites(void)
 #define COMPAT_ERR_PROTOCOL_VERSION MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION
 #endif
 
+/* True if the connection negotiated TLS 1.2 (always, on 2.28). */
+static inline int compat_is_tls12(const mbedtls_ssl_context *ssl)
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_ssl_get_version_number(ssl) == MBEDTLS_SSL_VERSION_TLS1_2;
+#else
+	(void)ssl;
+	return 1;
+#endif
+}
+
 #endif

@@ -24,7 +24,7 @@
 /* The keys of a tunnel section, in the order of tunnel_keys[]. */
 enum { K_LISTEN, K_CONNECT, K_CERT, K_KEY, K_CA, K_PIN, K_SERVER_NAME,
     K_CONNECT_TIMEOUT, K_HANDSHAKE_TIMEOUT, K_IDLE_TIMEOUT,
-    K_MAX_CONNECTIONS, K_ALLOW_REMOTE, K_TUNNEL_KEYS };
+    K_MAX_CONNECTIONS, K_ALLOW_REMOTE, K_RESUMPTION, K_TUNNEL_KEYS };
 
 /* Which kind of section the lines being read belong to. */
 enum section { SEC_NONE, SEC_UPSEAL, SEC_TUNNEL };
@@ -269,6 +269,8 @@ static const struct key tunnel_keys[K_TUNNEL_KEYS] = {
 	    .min = 1, .max = 1000000),
 	[K_ALLOW_REMOTE] = KEY("allow_remote", set_bool, T(allow_remote),
 	    "yes or no"),
+	[K_RESUMPTION] = KEY("resumption", set_bool, T(resumption),
+	    "yes or no"),
 };
 
 /* The field is the cfg itself: status and has_status go together. */
@@ -320,6 +322,7 @@ static const struct cfg_tunnel tunnel_defaults = {
 	.handshake_timeout_ms = 10 * 1000,
 	.idle_timeout_ms = 5 * 60 * 1000,
 	.max_connections = 10000,
+	.resumption = true,
 };
 
 /*

@@ -35,6 +35,7 @@ struct cfg_tunnel {
 	uint64_t idle_timeout_ms;	/* default 5m; 0 = never */
 	unsigned max_connections;	/* default 10000 */
 	bool allow_remote;		/* default false */
+	bool resumption;		/* session tickets; default true */
 };
 
 struct cfg {

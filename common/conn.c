@@ -266,14 +266,15 @@ void conn_handshake_step(struct conn *c)
 		handshake_failed(c, handshake_reason(c, rc));
 		return;
 	}
+	bool resumed = tls_resumed(&c->peer);	/* before the check fills it */
 	enum tls_verdict v = tls_check_peer(&c->ssl, &c->peer);
 	if (v != TLS_PEER_OK) {
 		handshake_failed(c, tls_verdict_reason(v));
 		return;
 	}
-	/* No session cache or tickets are configured: every one is full. */
 	metrics_handshake(&c->tun->stats,
-	    (double)(uv_hrtime() - c->hs_started) / 1e9, false);
+	    (double)(uv_hrtime() - c->hs_started) / 1e9, resumed);
+	tls_session_save(c->conf->tls, &c->ssl);
 	if (log_enabled(LOG_DEBUG)) {
 		struct log_line l;
 		char pin[PIN_TEXT_MAX];
@@ -283,6 +284,7 @@ void conn_handshake_step(struct conn *c)
 		log_u64(&l, "id", c->id);
 		log_str(&l, "version", tls_version_name(&c->ssl));
 		log_str(&l, "suite", tls_suite_name(&c->ssl));
+		log_bool(&l, "resumed", resumed);
 		log_str(&l, "peer_pin", pin);
 		log_end(&l);
 	}
@@ -312,6 +314,7 @@ static void tls_begin(struct conn *c)
 		return;
 	}
 	mbedtls_ssl_set_bio(&c->ssl, c, relay_bio_send, relay_bio_recv, NULL);
+	tls_session_resume(c->conf->tls, &c->ssl);
 	relay_tls_reading(c);
 	if (!c->dropped && c->tun->role == CFG_CLIENT)
 		conn_handshake_step(c);	/* sends the ClientHello */

@@ -9,7 +9,7 @@ static const char *const reasons[METRICS_REASONS] = {
 	"name_mismatch", "not_tls", "protocol_version", "peer_alert",
 	"handshake_timeout", "handshake_eof", "handshake_failed",
 	"connect_failed", "connect_timeout", "resolve_failed", "idle_timeout",
-	"drain", "nomem", "accept_failed", "other",
+	"drain", "nomem", "accept_failed", "renegotiation", "other",
 };
 
 static const double hs_bounds[METRICS_HS_BUCKETS] = {

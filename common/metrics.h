@@ -12,7 +12,7 @@
 #include "sbuf.h"
 
 /* Reasons a connection ends, as in the conn_end log line. */
-#define METRICS_REASONS 24
+#define METRICS_REASONS 25
 /* Handshake duration histogram: upper bounds in seconds, then +Inf. */
 #define METRICS_HS_BUCKETS 10
 

@@ -4,7 +4,9 @@
  * truncation. The connection's life (dial, handshake, teardown) is in
  * conn.c; the struct and the functions the two share are in conn_int.h.
  */
+#include <errno.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 
 #include <mbedtls/error.h>
@@ -347,13 +349,30 @@ static void tls_drain(struct conn *c)
 			relay_wbuf_free(w);
 		if (c->dropped)
 			return;
+		if (c->tls_out != NULL && c->tls_out->len > 0 &&
+		    compat_is_tls12(&c->ssl)) {
+			/*
+			 * Reading made mbedTLS answer: in TLS 1.2 with
+			 * renegotiation off, the only answer it gives is the
+			 * no_renegotiation alert to a peer that asked for a new
+			 * handshake. Send it and end: a peer that tries this is
+			 * not ours. (TLS 1.3 servers send tickets from here.)
+			 */
+			relay_flush_tls(c);
+			conn_errorf(c, "the peer tried to renegotiate (refused)");
+			conn_fail(c, "renegotiation", true);
+			return;
+		}
 		if (rc > 0)
 			continue;
 		if (rc == MBEDTLS_ERR_SSL_WANT_READ)
 			break;
 #if defined(MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
-		if (rc == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
+		if (rc == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET) {
+			/* TLS 1.3: the ticket comes after the handshake. */
+			tls_session_save(c->conf->tls, &c->ssl);
 			continue;
+		}
 #endif
 		if (rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) {
 			t2p_end(c);
@@ -369,7 +388,27 @@ static void tls_drain(struct conn *c)
 		conn_fail(c, "tls_error", true);
 		return;
 	}
+	/* TLS 1.3 sends tickets from inside mbedtls_ssl_read. */
+	relay_flush_tls(c);
+	if (c->dropped)
+		return;
 	relay_tls_reading(c);
+}
+
+/*
+ * libuv reports a hang-up as EOF when its last read was short, even when
+ * the hang-up was a reset (the socket's error is then still pending). A
+ * reset must not become a clean close downstream: ask the socket.
+ */
+static bool pending_reset(union stream *s)
+{
+	uv_os_fd_t fd;
+	int err = 0;
+	socklen_t len = sizeof err;
+	if (s->h.type != UV_TCP || uv_fileno(&s->h, &fd) != 0)
+		return false;
+	return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 &&
+	    err == ECONNRESET;
 }
 
 static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -377,6 +416,8 @@ static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	struct conn *c = s->data;
 	if (n == 0 || c->dropped)
 		return;
+	if (n == UV_EOF && pending_reset(&c->plain))
+		n = UV_ECONNRESET;
 	if (n == UV_EOF) {
 		p2t_end(c);
 		return;

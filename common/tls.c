@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <mbedtls/error.h>
+#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509.h>
 
 #include "compat.h"
@@ -24,7 +25,14 @@ struct tls_ctx {
 	size_t npins;
 	char *server_name;	/* client role with a CA: the name to check */
 	char *sni;		/* client role: the name sent, or NULL */
+	bool resumption;
+	mbedtls_ssl_ticket_context ticket;	/* server role */
+	mbedtls_ssl_session cached;	/* client role: the last session */
+	bool has_cached;
 };
+
+/* Ticket keys rotate after this long; a ticket lives at most this long. */
+#define TICKET_LIFETIME_S 3600
 
 /* Say why a file cannot be used, preferring the OS's reason. */
 static void file_error(char *err, size_t errlen, const char *tunnel,
@@ -117,6 +125,24 @@ static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 		    t->name, t->cert, log_tlserr(rc, msg, sizeof msg));
 		return -1;
 	}
+	ctx->resumption = t->resumption;
+	if (!ctx->resumption) {
+		mbedtls_ssl_conf_session_tickets(&ctx->conf,
+		    MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
+		return 0;
+	}
+	if (ctx->role == CFG_SERVER) {
+		rc = mbedtls_ssl_ticket_setup(&ctx->ticket, rng_random, NULL,
+		    MBEDTLS_CIPHER_AES_256_GCM, TICKET_LIFETIME_S);
+		if (rc != 0) {
+			snprintf(err, errlen, "[%s] session tickets: %s", t->name,
+			    log_tlserr(rc, msg, sizeof msg));
+			return -1;
+		}
+		mbedtls_ssl_conf_session_tickets_cb(&ctx->conf,
+		    mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
+		    &ctx->ticket);
+	}
 	return 0;
 }
 
@@ -137,6 +163,8 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 	mbedtls_x509_crt_init(&ctx->own_crt);
 	mbedtls_pk_init(&ctx->own_key);
 	mbedtls_x509_crt_init(&ctx->ca);
+	mbedtls_ssl_ticket_init(&ctx->ticket);
+	mbedtls_ssl_session_init(&ctx->cached);
 
 	if (load_crt(&ctx->own_crt, t, "cert", t->cert, err, errlen) != 0)
 		goto fail;
@@ -198,6 +226,8 @@ void tls_ctx_free(struct tls_ctx *ctx)
 	mbedtls_x509_crt_free(&ctx->own_crt);
 	mbedtls_pk_free(&ctx->own_key);	/* zeroizes the key */
 	mbedtls_x509_crt_free(&ctx->ca);
+	mbedtls_ssl_ticket_free(&ctx->ticket);	/* zeroizes the ticket keys */
+	mbedtls_ssl_session_free(&ctx->cached);
 	free(ctx->pins);
 	free(ctx->server_name);
 	free(ctx->sni);
@@ -280,6 +310,32 @@ enum tls_verdict tls_check_peer(mbedtls_ssl_context *ssl, struct tls_peer *peer)
 	if (ctx->npins > 0 && !pin_in(&peer->pin, ctx->pins, ctx->npins))
 		return peer->verdict = TLS_PEER_PIN_MISMATCH;
 	return peer->verdict = TLS_PEER_OK;
+}
+
+void tls_session_resume(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl)
+{
+	if (ctx->role == CFG_CLIENT && ctx->resumption && ctx->has_cached)
+		mbedtls_ssl_set_session(ssl, &ctx->cached);	/* a copy */
+}
+
+void tls_session_save(struct tls_ctx *ctx, const mbedtls_ssl_context *ssl)
+{
+	if (ctx->role != CFG_CLIENT || !ctx->resumption)
+		return;
+	mbedtls_ssl_session s;
+	mbedtls_ssl_session_init(&s);
+	if (mbedtls_ssl_get_session(ssl, &s) != 0) {
+		mbedtls_ssl_session_free(&s);
+		return;
+	}
+	mbedtls_ssl_session_free(&ctx->cached);
+	ctx->cached = s;	/* the struct owns its heap parts: moved */
+	ctx->has_cached = true;
+}
+
+bool tls_resumed(const struct tls_peer *peer)
+{
+	return !peer->has_pin;
 }
 
 const char *tls_verdict_reason(enum tls_verdict v)

@@ -65,6 +65,22 @@ int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
  */
 enum tls_verdict tls_check_peer(mbedtls_ssl_context *ssl, struct tls_peer *peer);
 
+/*
+ * Session resumption (resumption = yes): the server issues tickets under
+ * keys that rotate; the client keeps the last session per tunnel and
+ * offers it. A resumed handshake skips the verify callback, so the peer
+ * is judged by tls_check_peer from the certificate the session carries.
+ *
+ * tls_session_resume: before the handshake (client role), offer the
+ * cached session if there is one. tls_session_save: after a handshake
+ * whose peer passed (client role), keep its session for the next one.
+ * tls_resumed: whether the handshake just completed was a resumption
+ * (the verify callback did not run).
+ */
+void tls_session_resume(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl);
+void tls_session_save(struct tls_ctx *ctx, const mbedtls_ssl_context *ssl);
+bool tls_resumed(const struct tls_peer *peer_before_check);
+
 /* A word for the log: "pin_mismatch", "chain_invalid", ... */
 const char *tls_verdict_reason(enum tls_verdict v);
 
