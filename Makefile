@@ -66,3 +66,118 @@ clean:
 .PHONY: all check demo clean
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- fuzzing (tests/fuzz) ---------------------------------------------------
+#   make fuzz [FUZZ_SECONDS=60]   build the libFuzzer targets into build-fuzz/
+#                                 (clang, ASan+UBSan) and run each that long
+#   make fuzz-build               only build them
+FUZZ_CC      ?= clang
+FUZZ_BUILD   := build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := config pin addr tls_server
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+                -fno-omit-frame-pointer
+FUZZ_CFLAGS  := -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter $(FUZZ_SAN)
+FUZZ_LIB_OBJ := $(COMMON_SRC:%.c=$(FUZZ_BUILD)/obj/%.o) $(FUZZ_BUILD)/obj/certs/x509gen.o
+FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ \
+	    $(LDFLAGS) $(LDLIBS)
+
+fuzz-build: $(FUZZ_BINS)
+
+.SECONDARY: $(FUZZ_LIB_OBJ)
+
+fuzz: fuzz-build
+	FUZZ_NO_BUILD=1 ./tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+.PHONY: fuzz fuzz-build
+-include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)
+# ---- end of fuzzing ---------------------------------------------------------
+
+# ---- install ----------------------------------------------------------------
+#   make install [PREFIX=/usr/local] [DESTDIR=]     (make uninstall undoes it)
+# The two daemons go to $(PREFIX)/sbin (system services, man section 8), the
+# operator's tool upseal-certs to $(PREFIX)/bin (section 1). Man pages to
+# $(PREFIX)/share/man, the examples (ini files, nginx snippet, compose, k8s,
+# systemd units with ExecStart pointed at $(SBINDIR)) to
+# $(PREFIX)/share/doc/upseal/examples. The Dockerfile installs with
+# DESTDIR=/out PREFIX=/usr. Nothing is built as root: run make first.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BINDIR  ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR  ?= $(PREFIX)/share/man
+DOCDIR  ?= $(PREFIX)/share/doc/upseal
+INSTALL ?= install
+
+EXAMPLE_FILES := $(wildcard examples/*.ini examples/*.conf examples/*.yaml)
+EXAMPLE_K8S   := $(wildcard examples/k8s/*.yaml)
+EXAMPLE_UNITS := $(wildcard examples/systemd/*.service)
+
+install: $(BINS)
+	$(INSTALL) -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) \
+	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
+	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)/examples/k8s \
+	    $(DESTDIR)$(DOCDIR)/examples/systemd
+	$(INSTALL) -m 0755 $(BUILD)/upseal-client $(BUILD)/upseal-server \
+	    $(DESTDIR)$(SBINDIR)/
+	$(INSTALL) -m 0755 $(BUILD)/upseal-certs $(DESTDIR)$(BINDIR)/
+	$(INSTALL) -m 0644 docs/man/upseal-certs.1 $(DESTDIR)$(MANDIR)/man1/
+	$(INSTALL) -m 0644 docs/man/upseal.ini.5 $(DESTDIR)$(MANDIR)/man5/
+	$(INSTALL) -m 0644 docs/man/upseal-client.8 docs/man/upseal-server.8 \
+	    $(DESTDIR)$(MANDIR)/man8/
+	$(INSTALL) -m 0644 $(EXAMPLE_FILES) $(DESTDIR)$(DOCDIR)/examples/
+	$(if $(EXAMPLE_K8S),$(INSTALL) -m 0644 $(EXAMPLE_K8S) \
+	    $(DESTDIR)$(DOCDIR)/examples/k8s/)
+	$(foreach u,$(EXAMPLE_UNITS),sed 's|/usr/local/sbin/|$(SBINDIR)/|g' \
+	    $(u) >$(DESTDIR)$(DOCDIR)/examples/systemd/$(notdir $(u)) && \
+	    chmod 0644 $(DESTDIR)$(DOCDIR)/examples/systemd/$(notdir $(u)) &&) true
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/upseal-client $(DESTDIR)$(SBINDIR)/upseal-server \
+	    $(DESTDIR)$(BINDIR)/upseal-certs \
+	    $(DESTDIR)$(MANDIR)/man1/upseal-certs.1 \
+	    $(DESTDIR)$(MANDIR)/man5/upseal.ini.5 \
+	    $(DESTDIR)$(MANDIR)/man8/upseal-client.8 \
+	    $(DESTDIR)$(MANDIR)/man8/upseal-server.8
+	rm -rf $(DESTDIR)$(DOCDIR)
+
+.PHONY: install uninstall
+# ---- end of install ---------------------------------------------------------
+
+# ---- bench (bench/) ---------------------------------------------------------
+#   make bench        build the load tool, backend and AEAD micro-benchmark into
+#                     $(BUILD)/bench/ and run bench/run.py: upseal against
+#                     stunnel4, haproxy and nginx (stream), interleaved rounds,
+#                     one markdown table of medians. Not part of `make check`.
+#   env: BENCH_ROUNDS (3), BENCH_BULK_MIB (1024), BENCH_IDLE (2000),
+#        BENCH_CONTENDERS (comma list), BENCH_QUICK=1 (smoke run),
+#        BENCH_JSON (file for the raw rows), BENCH_PERF=1 (perf of upseal bulk)
+BENCH_BIN := $(BUILD)/bench/load $(BUILD)/bench/backend $(BUILD)/bench/aead
+
+$(BUILD)/bench/load: bench/load.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $<
+
+$(BUILD)/bench/backend: bench/backend.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $<
+
+$(BUILD)/bench/aead: bench/aead.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< -lmbedcrypto
+
+bench-build: $(BINS) $(BENCH_BIN)
+
+bench: bench-build
+	python3 bench/run.py --build $(BUILD)
+
+.PHONY: bench bench-build
+# ---- end of bench -----------------------------------------------------------
