@@ -134,7 +134,7 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 		return;
 	c->dropped = true;
 	log_conn_end(c, reason);
-	struct tunnel_stats *st = &c->tun->stats;
+	struct tunnel_stats *st = c->tun->stats;
 	st->closed[metrics_reason(reason)]++;
 	if (c->phase == PH_DIAL && (strcmp(reason, "connect_failed") == 0 ||
 	    strcmp(reason, "connect_timeout") == 0 ||
@@ -237,7 +237,7 @@ static void handshake_failed(struct conn *c, const char *reason)
 {
 	struct log_line l;
 	char pin[PIN_TEXT_MAX];
-	c->tun->stats.hs_failed[metrics_reason(reason)]++;
+	c->tun->stats->hs_failed[metrics_reason(reason)]++;
 	log_begin(&l, LOG_WARN, "handshake_failed");
 	log_str(&l, "tunnel", conn_cfg(c)->name);
 	log_u64(&l, "id", c->id);
@@ -272,7 +272,7 @@ void conn_handshake_step(struct conn *c)
 		handshake_failed(c, tls_verdict_reason(v));
 		return;
 	}
-	metrics_handshake(&c->tun->stats,
+	metrics_handshake(c->tun->stats,
 	    (double)(uv_hrtime() - c->hs_started) / 1e9, resumed);
 	tls_session_save(c->conf->tls, &c->ssl);
 	if (log_enabled(LOG_DEBUG)) {
@@ -491,7 +491,7 @@ void conn_accept(struct tunnel *t)
 		t->conns->prev = c;
 	t->conns = c;
 	t->live++;
-	t->stats.accepted++;
+	t->stats->accepted++;
 
 	uv_timer_init(t->loop, &c->timer);
 	c->timer.data = c;

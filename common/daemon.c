@@ -163,6 +163,28 @@ static void daemon_stop(struct daemon *d)
 
 /* ---- status endpoint ---- */
 
+/* Connections open under these counters, over current and retired tunnels. */
+static unsigned open_under(struct daemon *d, const struct tunnel_stats *st)
+{
+	unsigned n = 0;
+	for (size_t i = 0; i < d->active.n; i++)
+		if (d->active.t[i]->stats == st)
+			n += d->active.t[i]->live;
+	for (size_t i = 0; i < d->retiring.n; i++)
+		if (d->retiring.t[i]->stats == st)
+			n += d->retiring.t[i]->live;
+	return n;
+}
+
+static bool counted(const struct metrics_tunnel *mt, size_t k,
+    const struct tunnel_stats *st)
+{
+	for (size_t i = 0; i < k; i++)
+		if (mt[i].stats == st)
+			return true;
+	return false;
+}
+
 static int render_metrics(struct daemon *d, struct sbuf *body)
 {
 	size_t n = d->active.n + d->retiring.n;
@@ -171,25 +193,24 @@ static int render_metrics(struct daemon *d, struct sbuf *body)
 		body->failed = true;
 		return 500;
 	}
+	/*
+	 * One series per set of counters: a tunnel moved by a reload shares
+	 * its counters with the one still draining, and a removed tunnel is
+	 * reported (not listening) until its last connection ends.
+	 */
 	size_t k = 0;
-	for (size_t i = 0; i < d->active.n; i++, k++) {
+	for (size_t i = 0; i < d->active.n; i++) {
 		struct tunnel *t = d->active.t[i];
-		mt[k] = (struct metrics_tunnel){ .name = tunnel_cfg(t)->name,
-			.stats = &t->stats, .open = t->live,
+		mt[k++] = (struct metrics_tunnel){ .name = tunnel_cfg(t)->name,
+			.stats = t->stats, .open = open_under(d, t->stats),
 			.listening = t->listener_open && !t->stopping };
 	}
-	/* A retired tunnel whose name lives on is reported once, as current. */
 	for (size_t i = 0; i < d->retiring.n; i++) {
 		struct tunnel *t = d->retiring.t[i];
-		bool shadowed = false;
-		for (size_t j = 0; j < d->active.n; j++)
-			if (strcmp(tunnel_cfg(d->active.t[j])->name,
-			    tunnel_cfg(t)->name) == 0)
-				shadowed = true;
-		if (!shadowed)
+		if (!counted(mt, k, t->stats))
 			mt[k++] = (struct metrics_tunnel){
-				.name = tunnel_cfg(t)->name, .stats = &t->stats,
-				.open = t->live, .listening = false };
+				.name = tunnel_cfg(t)->name, .stats = t->stats,
+				.open = open_under(d, t->stats), .listening = false };
 	}
 	struct metrics_process p = {
 		.role = d->role == CFG_CLIENT ? "client" : "server",
@@ -270,15 +291,50 @@ static bool same_listen(const struct cfg_tunnel *a, const struct cfg_tunnel *b)
 	return strcmp(ta, tb) == 0;
 }
 
-/* The running tunnel a new section can take over, or NULL. */
-static struct tunnel *find_reusable(struct daemon *d,
-    const struct cfg_tunnel *nt)
+static bool claimed(struct tunnel *t, struct tunnel **keep, size_t n)
 {
+	for (size_t i = 0; i < n; i++)
+		if (keep[i] == t)
+			return true;
+	return false;
+}
+
+/*
+ * The running tunnel a new section takes over, or NULL: the one with the
+ * same name and listen text; else one, not yet taken, that listens where
+ * the section asks (same text, or the address it is bound to), whatever
+ * its name. Rebinding an address we hold would fail, and probing our own
+ * unix socket would open a connection through it.
+ */
+static struct tunnel *find_reusable(struct daemon *d,
+    const struct cfg_tunnel *nt, struct tunnel **keep, size_t nkeep)
+{
+	char want[ADDR_TEXT_MAX];
+	addr_format(&nt->listen, want, sizeof want);
 	for (size_t i = 0; i < d->active.n; i++) {
-		const struct cfg_tunnel *ot = tunnel_cfg(d->active.t[i]);
-		if (strcmp(ot->name, nt->name) == 0 && same_listen(ot, nt))
-			return d->active.t[i];
+		struct tunnel *t = d->active.t[i];
+		const struct cfg_tunnel *ot = tunnel_cfg(t);
+		if (strcmp(ot->name, nt->name) == 0 && same_listen(ot, nt) &&
+		    !claimed(t, keep, nkeep))
+			return t;
 	}
+	for (size_t i = 0; i < d->active.n; i++) {
+		struct tunnel *t = d->active.t[i];
+		if (claimed(t, keep, nkeep))
+			continue;
+		if (same_listen(tunnel_cfg(t), nt) ||
+		    strcmp(t->listen_text, want) == 0)
+			return t;
+	}
+	return NULL;
+}
+
+/* The running tunnel named name, if a reload is moving it elsewhere. */
+static struct tunnel *find_named(struct daemon *d, const char *name)
+{
+	for (size_t i = 0; i < d->active.n; i++)
+		if (strcmp(tunnel_cfg(d->active.t[i])->name, name) == 0)
+			return d->active.t[i];
 	return NULL;
 }
 
@@ -338,13 +394,21 @@ static void reload(struct daemon *d)
 	bool failed = fresh == NULL || keep == NULL;
 	if (failed)
 		snprintf(err, sizeof err, "out of memory");
+	for (size_t i = 0; i < cfg->ntunnels && !failed; i++)
+		keep[i] = find_reusable(d, &cfg->tunnels[i], keep, i);
 	for (size_t i = 0; i < cfg->ntunnels && !failed; i++) {
-		keep[i] = find_reusable(d, &cfg->tunnels[i]);
-		if (keep[i] == NULL && tunnel_start(&d->loop, tc[i], d->role,
-		    &fresh[i], err, sizeof err) != 0)
+		if (keep[i] != NULL)
+			continue;
+		if (tunnel_start(&d->loop, tc[i], d->role, &fresh[i], err,
+		    sizeof err) != 0) {
 			failed = true;
-		else if (fresh[i] != NULL)
-			fresh[i]->data = d;
+			break;
+		}
+		fresh[i]->data = d;
+		/* Moved to a new address: its counters carry on. */
+		struct tunnel *old = find_named(d, cfg->tunnels[i].name);
+		if (old != NULL && !claimed(old, keep, cfg->ntunnels))
+			tunnel_share_stats(fresh[i], old);
 	}
 	struct status *old_status = NULL;
 	bool status_changed = !failed && !same_status(d->cfg, cfg);
@@ -380,7 +444,11 @@ static void reload(struct daemon *d)
 	for (size_t i = 0; i < cfg->ntunnels; i++) {
 		struct tunnel *t = keep[i] ? keep[i] : fresh[i];
 		if (keep[i] != NULL) {
+			bool renamed = strcmp(tunnel_cfg(keep[i])->name,
+			    cfg->tunnels[i].name) != 0;
 			tunnel_reconfigure(keep[i], tc[i]);
+			if (renamed)	/* the same listener, under its new name */
+				tunnel_log_listening(keep[i]);
 			set_remove(&d->active, keep[i]);
 			kept++;
 		} else {

@@ -17,6 +17,7 @@
 #define METRICS_HS_BUCKETS 10
 
 struct tunnel_stats {
+	unsigned refs;		/* tunnels counting into these */
 	uint64_t accepted;
 	uint64_t closed[METRICS_REASONS];	/* by reason index */
 	uint64_t hs_failed[METRICS_REASONS];	/* by reason index */

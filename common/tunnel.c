@@ -177,11 +177,25 @@ void tunnel_conf_release(struct tunnel_conf *tc)
 	free(tc);
 }
 
+static void stats_release(struct tunnel_stats *s)
+{
+	if (s != NULL && --s->refs == 0)
+		free(s);
+}
+
+void tunnel_share_stats(struct tunnel *t, struct tunnel *other)
+{
+	stats_release(t->stats);
+	t->stats = other->stats;
+	t->stats->refs++;
+}
+
 static void on_listener_closed_free(uv_handle_t *h)
 {
 	struct tunnel *t = h->data;
 	t->listener_open = false;
 	tunnel_conf_release(t->conf);
+	stats_release(t->stats);
 	free(t);
 }
 
@@ -195,6 +209,13 @@ int tunnel_start(uv_loop_t *loop, struct tunnel_conf *conf,
 		snprintf(err, errlen, "[%s] out of memory", cfg->name);
 		return -1;
 	}
+	t->stats = calloc(1, sizeof *t->stats);
+	if (t->stats == NULL) {
+		snprintf(err, errlen, "[%s] out of memory", cfg->name);
+		free(t);
+		return -1;
+	}
+	t->stats->refs = 1;
 	t->loop = loop;
 	t->conf = tunnel_conf_hold(conf);
 	t->role = role;
@@ -214,13 +235,8 @@ int tunnel_start(uv_loop_t *loop, struct tunnel_conf *conf,
 		goto fail;
 	}
 	bound_name(t);
-
+	tunnel_log_listening(t);
 	struct log_line l;
-	log_begin(&l, LOG_INFO, "listening");
-	log_str(&l, "tunnel", cfg->name);
-	log_str(&l, "role", role == CFG_CLIENT ? "client" : "server");
-	log_str(&l, "addr", t->listen_text);
-	log_end(&l);
 	const struct addr *plain = role == CFG_CLIENT ? &cfg->listen : &cfg->connect;
 	if (cfg->allow_remote && !addr_is_loopback(plain)) {
 		char text[ADDR_TEXT_MAX];
@@ -241,6 +257,7 @@ fail:
 		return -1;
 	}
 	tunnel_conf_release(t->conf);
+	stats_release(t->stats);
 	free(t);
 	return -1;
 }
@@ -256,6 +273,16 @@ void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf)
 		t->accept_held = false;
 		conn_accept(t);
 	}
+}
+
+void tunnel_log_listening(const struct tunnel *t)
+{
+	struct log_line l;
+	log_begin(&l, LOG_INFO, "listening");
+	log_str(&l, "tunnel", tunnel_cfg(t)->name);
+	log_str(&l, "role", t->role == CFG_CLIENT ? "client" : "server");
+	log_str(&l, "addr", t->listen_text);
+	log_end(&l);
 }
 
 static void check_empty(struct tunnel *t)
@@ -309,5 +336,6 @@ void tunnel_free(struct tunnel *t)
 	if (t == NULL)
 		return;
 	tunnel_conf_release(t->conf);
+	stats_release(t->stats);
 	free(t);
 }

@@ -52,7 +52,11 @@ struct tunnel {
 	/* Called when stopping and the last connection is freed. */
 	void (*on_empty)(struct tunnel *t);
 	void *data;			/* the daemon's */
-	struct tunnel_stats stats;
+	/*
+	 * Counters, shared with the tunnel of the same name that a reload
+	 * moved to another address, so they carry on instead of resetting.
+	 */
+	struct tunnel_stats *stats;
 };
 
 /*
@@ -77,10 +81,19 @@ int tunnel_start(uv_loop_t *loop, struct tunnel_conf *conf,
     enum cfg_role role, struct tunnel **out, char *err, size_t errlen);
 
 /*
+ * Make t count into other's counters from now on (a reload moved other's
+ * tunnel to t's address): t's own are dropped, other's are shared.
+ */
+void tunnel_share_stats(struct tunnel *t, struct tunnel *other);
+
+/*
  * Switch a running tunnel to new settings with the same listen address:
  * connections accepted from now on use conf; open ones keep theirs.
  */
 void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf);
+
+/* Log `listening` with the tunnel's name and bound address. */
+void tunnel_log_listening(const struct tunnel *t);
 
 /* The tunnel's current section of the config. */
 static inline const struct cfg_tunnel *tunnel_cfg(const struct tunnel *t)
