@@ -159,23 +159,35 @@ static inline void compat_conf_groups(mbedtls_ssl_config *conf)
 }
 
 /*
- * The offered suites, fastest first on the linked library: ECDHE-ECDSA
- * with an AEAD cipher only (plus the TLS 1.3 suites where 1.3 exists).
+ * The suite ids for one AEAD choice (enum cfg_cipher in config.h: 1
+ * ChaCha20-Poly1305, 2 AES-128-GCM, 3 AES-256-GCM): the TLS 1.3 suite,
+ * where the library has TLS 1.3, and the ECDHE-ECDSA TLS 1.2 suite.
+ * Writes up to two ids into out and returns how many.
  */
-static inline const int *compat_ciphersuites(void)
+static inline size_t compat_suites_for(int aead, int out[2])
 {
-	static const int suites[] = {
+	size_t n = 0;
+	switch (aead) {
+	case 1:
 #if defined(MBEDTLS_SSL_PROTO_TLS1_3)
-		MBEDTLS_TLS1_3_CHACHA20_POLY1305_SHA256,
-		MBEDTLS_TLS1_3_AES_128_GCM_SHA256,
-		MBEDTLS_TLS1_3_AES_256_GCM_SHA384,
+		out[n++] = MBEDTLS_TLS1_3_CHACHA20_POLY1305_SHA256;
 #endif
-		MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-		MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-		MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-		0,
-	};
-	return suites;
+		out[n++] = MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256;
+		break;
+	case 2:
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+		out[n++] = MBEDTLS_TLS1_3_AES_128_GCM_SHA256;
+#endif
+		out[n++] = MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256;
+		break;
+	case 3:
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+		out[n++] = MBEDTLS_TLS1_3_AES_256_GCM_SHA384;
+#endif
+		out[n++] = MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384;
+		break;
+	}
+	return n;
 }
 
 /* The handshake error for a protocol version we do not accept. */

@@ -24,7 +24,8 @@
 /* The keys of a tunnel section, in the order of tunnel_keys[]. */
 enum { K_LISTEN, K_CONNECT, K_CERT, K_KEY, K_CA, K_PIN, K_SERVER_NAME,
     K_CONNECT_TIMEOUT, K_HANDSHAKE_TIMEOUT, K_IDLE_TIMEOUT,
-    K_MAX_CONNECTIONS, K_ALLOW_REMOTE, K_RESUMPTION, K_TUNNEL_KEYS };
+    K_MAX_CONNECTIONS, K_ALLOW_REMOTE, K_RESUMPTION, K_TICKET_KEY_FILE,
+    K_CIPHERS, K_TUNNEL_KEYS };
 
 /* Which kind of section the lines being read belong to. */
 enum section { SEC_NONE, SEC_UPSEAL, SEC_TUNNEL };
@@ -60,6 +61,7 @@ struct key {
 	uint64_t min, max;	/* durations (ms) and counts */
 	bool repeat;		/* may appear more than once (pin) */
 	bool client_only;	/* only in the client role (server_name) */
+	bool server_only;	/* only in the server role (ticket_key_file) */
 };
 
 /* Parse a duration; NULL on success, or what is wrong with it. */
@@ -244,6 +246,49 @@ static int set_log_format(const struct key *k, void *field, const char *v,
 }
 
 #define ADDR_FORM "HOST:PORT, [V6]:PORT or unix:/path"
+#define CIPHERS_FORM "a list of ECDHE-ECDSA-CHACHA20-POLY1305, " \
+	"ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-ECDSA-AES256-GCM-SHA384 " \
+	"separated by ':' or ','"
+
+/* The field is the tunnel itself: ciphers and nciphers go together. */
+static int set_ciphers(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	static const struct {
+		const char *name;
+		enum cfg_cipher id;
+	} known[] = {
+		{ "ECDHE-ECDSA-CHACHA20-POLY1305", CFG_CIPHER_CHACHA20 },
+		{ "ECDHE-ECDSA-AES128-GCM-SHA256", CFG_CIPHER_AES128GCM },
+		{ "ECDHE-ECDSA-AES256-GCM-SHA384", CFG_CIPHER_AES256GCM },
+	};
+	struct cfg_tunnel *t = field;
+	const char *p = v;
+
+	t->nciphers = 0;
+	while (*p != '\0') {
+		size_t n = strcspn(p, ":, ");
+		size_t i = 0;
+		while (i < ARRAY_LEN(known) && (strlen(known[i].name) != n ||
+		    strncasecmp(known[i].name, p, n) != 0))
+			i++;
+		if (n == 0) {
+			p++;
+			continue;
+		}
+		if (i == ARRAY_LEN(known))
+			return whyf(why, "\"%.*s\" is not an offered suite; "
+			    "expected %s", (int)n, p, k->form);
+		for (size_t j = 0; j < t->nciphers; j++)
+			if (t->ciphers[j] == known[i].id)
+				return whyf(why, "\"%.*s\" is listed twice", (int)n, p);
+		t->ciphers[t->nciphers++] = (unsigned char)known[i].id;
+		p += n;
+	}
+	if (t->nciphers == 0)
+		return whyf(why, "no suite; expected %s", k->form);
+	return 0;
+}
 #define T(m) offsetof(struct cfg_tunnel, m)
 
 #define KEY(n, fn, o, f, ...) \
@@ -271,6 +316,9 @@ static const struct key tunnel_keys[K_TUNNEL_KEYS] = {
 	    "yes or no"),
 	[K_RESUMPTION] = KEY("resumption", set_bool, T(resumption),
 	    "yes or no"),
+	[K_TICKET_KEY_FILE] = KEY("ticket_key_file", set_path,
+	    T(ticket_key_file), "FILE", .server_only = true),
+	[K_CIPHERS] = KEY("ciphers", set_ciphers, 0, CIPHERS_FORM),
 };
 
 /* The field is the cfg itself: status and has_status go together. */
@@ -646,6 +694,9 @@ static int on_key(void *user, const char *section, const char *name,
 	else if (k->client_only && p->role != CFG_CLIENT)
 		fail(p, p->line, sec, name, "only meaningful in client.ini; "
 		    "expected no %s in the server's file", name);
+	else if (k->server_only && p->role != CFG_SERVER)
+		fail(p, p->line, sec, name, "only meaningful in server.ini; "
+		    "expected no %s in the client's file", name);
 	else if (*value == '\0')
 		fail(p, p->line, sec, name, "empty value; expected %s = %s",
 		    name, k->form);
@@ -737,6 +788,7 @@ void cfg_free(struct cfg *c)
 		free(t->key);
 		free(t->ca);
 		free(t->server_name);
+		free(t->ticket_key_file);
 		free(t->pins);
 	}
 	free(c->tunnels);

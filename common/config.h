@@ -19,6 +19,14 @@ enum cfg_role { CFG_CLIENT, CFG_SERVER };
 
 #define CFG_NAME_MAX 64
 
+/* The AEAD suites a tunnel may offer (ECDHE-ECDSA, TLS 1.2 names). */
+enum cfg_cipher {
+	CFG_CIPHER_CHACHA20 = 1,	/* ECDHE-ECDSA-CHACHA20-POLY1305 */
+	CFG_CIPHER_AES128GCM,		/* ECDHE-ECDSA-AES128-GCM-SHA256 */
+	CFG_CIPHER_AES256GCM,		/* ECDHE-ECDSA-AES256-GCM-SHA384 */
+};
+#define CFG_CIPHERS_MAX 3
+
 struct cfg_tunnel {
 	char name[CFG_NAME_MAX];
 	int line;			/* line of the [section] header */
@@ -36,6 +44,10 @@ struct cfg_tunnel {
 	unsigned max_connections;	/* default 10000 */
 	bool allow_remote;		/* default false */
 	bool resumption;		/* session tickets; default true */
+	char *ticket_key_file;		/* server: shared ticket secret, or NULL */
+	/* Offered suites in order of preference (CFG_CIPHER_*); 0: default. */
+	unsigned char ciphers[CFG_CIPHERS_MAX];
+	size_t nciphers;
 };
 
 struct cfg {

@@ -1,6 +1,7 @@
 """Session resumption: tickets from the server, a cached session on the
 client, and the pins still applied to resumed sessions."""
 
+import os
 import signal
 import time
 
@@ -83,3 +84,87 @@ def test_unpinned_client_cannot_resume_its_way_in(h):
     time.sleep(0.2)   # a wrongly dialed backend would show up by now
     check_eq(be.accepted, 1, "backend connections after the unpinned "
              "client tried again")
+
+
+def _s_client(h, port, ident, sess_flag, sess_path):
+    r = h.openssl(["s_client", "-connect", "127.0.0.1:%d" % port,
+                   "-tls1_2", "-cert", ident.crt, "-key", ident.key,
+                   sess_flag, sess_path], input=b"", timeout=20)
+    out = r.out
+    check("Reused," in out or "New," in out,
+          "s_client printed no session line: %s" % out[-600:])
+    return "Reused," in out
+
+
+def _ticket_servers(h, key_a, key_b):
+    """Two upseal-servers in front of one backend, each with its own key
+    file (paths may be the same file)."""
+    be = h.echo_backend()
+    sid = h.identity("srv")
+    cid = h.identity("cli")
+    servers = []
+    for i, keyfile in enumerate((key_a, key_b)):
+        servers.append(h.start_server({"app": {
+            "connect": be.addr, "cert": sid.crt, "key": sid.key,
+            "pin": [cid.pin], "ticket_key_file": keyfile}},
+            name="server%d" % i))
+    return servers, cid
+
+
+def _secret(h, name):
+    path = "%s/%s" % (h.dir, name)
+    with open(path, "wb") as f:
+        f.write(os.urandom(48))
+    os.chmod(path, 0o600)
+    return path
+
+
+@timeout(60)
+def test_shared_ticket_key_resumes_across_servers(h):
+    """Two servers sharing ticket_key_file resume each other's sessions;
+    with different secrets they do not."""
+    shared = _secret(h, "tickets.key")
+    (a, b), cid = _ticket_servers(h, shared, shared)
+    sess = "%s/sess.pem" % h.dir
+    check(not _s_client(h, int(a.addr("app").rsplit(":", 1)[1]), cid, "-sess_out", sess),
+          "first handshake with server A claimed to be resumed")
+    check(_s_client(h, int(b.addr("app").rsplit(":", 1)[1]), cid, "-sess_in", sess),
+          "server B did not resume the session that server A issued, "
+          "with the same ticket_key_file")
+    check(not a.events("key_permissions"), "a 0600 ticket key warned")
+
+
+@timeout(60)
+def test_different_ticket_keys_do_not_resume(h):
+    (a, b), cid = _ticket_servers(h, _secret(h, "a.key"), _secret(h, "b.key"))
+    sess = "%s/sess.pem" % h.dir
+    _s_client(h, int(a.addr("app").rsplit(":", 1)[1]), cid, "-sess_out", sess)
+    check(not _s_client(h, int(b.addr("app").rsplit(":", 1)[1]), cid, "-sess_in", sess),
+          "server B resumed a ticket sealed under another secret")
+    check(_s_client(h, int(a.addr("app").rsplit(":", 1)[1]), cid, "-sess_in", sess),
+          "server A did not resume its own ticket")
+
+
+@timeout(60)
+def test_ciphers_choose_the_suite(h):
+    be = h.echo_backend()
+    cli, srv, _ = h.pair(be.addr, upseal={"log_level": "debug"},
+                         client_opts={"ciphers":
+                                      "ECDHE-ECDSA-AES256-GCM-SHA384"})
+    h.echo_roundtrip(cli.addr("app")).close()
+    done = _handshakes(cli, 1)
+    check_eq(done[0].get("suite"),
+             "TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384", "negotiated suite")
+
+
+@timeout(60)
+def test_ciphers_without_overlap_fail_the_handshake(h):
+    be = h.counting_backend()
+    cli, srv, _ = h.pair(be.addr,
+                         server_opts={"ciphers": "ECDHE-ECDSA-AES128-GCM-SHA256"},
+                         client_opts={"ciphers":
+                                      "ECDHE-ECDSA-CHACHA20-POLY1305"})
+    s = h.connect(cli.addr("app"))
+    s.sendall(b"x")
+    srv.wait_for(r"event=handshake_failed", 10)
+    check_eq(be.accepted, 0, "backend connections without a common suite")

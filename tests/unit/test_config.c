@@ -699,3 +699,33 @@ TEST(config_text_forms)
 	CLIENT_ERR("\xEF\xBB\xBF[app]\r\n\r\ncolour = red\r\n",
 	    "client.ini:3: [app] colour: unknown key");
 }
+
+TEST(config_ciphers_and_tickets)
+{
+	struct cfg *c = NULL;
+	char e[512];
+	const char *path = write_ini("server.ini", SERVER_APP
+	    "ciphers = ECDHE-ECDSA-AES256-GCM-SHA384:ecdhe-ecdsa-chacha20-poly1305\n"
+	    "ticket_key_file = /etc/upseal/tickets.key\nresumption = yes\n");
+	CHECK_INT(cfg_load(path, CFG_SERVER, &c, e, sizeof e), 0);
+	if (c != NULL) {
+		const struct cfg_tunnel *t = &c->tunnels[0];
+		CHECK_INT(t->nciphers, 2);
+		CHECK_INT(t->ciphers[0], CFG_CIPHER_AES256GCM);
+		CHECK_INT(t->ciphers[1], CFG_CIPHER_CHACHA20);
+		CHECK_STR(t->ticket_key_file, "/etc/upseal/tickets.key");
+		CHECK(t->resumption);
+		cfg_free(c);
+	}
+	SERVER_ERR(SERVER_APP "ciphers = ECDHE-RSA-AES128-GCM-SHA256\n",
+	    "server.ini:7: [app] ciphers: \"ECDHE-RSA-AES128-GCM-SHA256\" is "
+	    "not an offered suite");
+	SERVER_ERR(SERVER_APP "ciphers = ECDHE-ECDSA-AES128-GCM-SHA256,"
+	    "ECDHE-ECDSA-AES128-GCM-SHA256\n",
+	    "server.ini:7: [app] ciphers: \"ECDHE-ECDSA-AES128-GCM-SHA256\" is "
+	    "listed twice");
+	SERVER_ERR(SERVER_APP "ciphers = ::\n",
+	    "server.ini:7: [app] ciphers: no suite");
+	CLIENT_ERR(CLIENT_APP "ticket_key_file = t.key\n",
+	    "client.ini:7: [app] ticket_key_file: only meaningful in server.ini");
+}
