@@ -208,4 +208,33 @@ static inline int compat_is_tls12(const mbedtls_ssl_context *ssl)
 #endif
 }
 
+/*
+ * TLS 1.3 clients ignore the server's tickets unless told to hand them
+ * over (mbedtls_ssl_read then returns RECEIVED_NEW_SESSION_TICKET).
+ */
+static inline void compat_conf_client_tickets(mbedtls_ssl_config *conf)
+{
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3) && defined(MBEDTLS_SSL_SESSION_TICKETS)
+	mbedtls_ssl_conf_tls13_enable_signal_new_session_tickets(conf,
+	    MBEDTLS_SSL_TLS1_3_SIGNAL_NEW_SESSION_TICKETS_ENABLED);
+#else
+	(void)conf;
+#endif
+}
+
+/*
+ * TLS 1.3 servers: issue no tickets. mbedTLS 3.6's TLS 1.3 tickets do not
+ * carry the client's certificate, so a resumed client could not be held
+ * to the pins and would be refused anyway (no_cert). TLS 1.2 tickets do
+ * carry it and stay on.
+ */
+static inline void compat_conf_server_tls13_tickets_off(mbedtls_ssl_config *conf)
+{
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3) && defined(MBEDTLS_SSL_SESSION_TICKETS)
+	mbedtls_ssl_conf_new_session_tickets(conf, 0);
+#else
+	(void)conf;
+#endif
+}
+
 #endif

@@ -11,6 +11,8 @@
 
 #include <uv.h>
 
+#include <mbedtls/version.h>
+
 #include "audit.h"
 #include "conn.h"
 #include "log.h"
@@ -718,7 +720,8 @@ int daemon_main(int argc, char **argv, enum cfg_role role)
 		} else if (strcmp(a, "--audit") == 0 && role == CFG_SERVER) {
 			audit = true;
 		} else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
-			printf("%s %s\n", d.prog, UPSEAL_VERSION);
+			printf("%s %s (mbedTLS %s)\n", d.prog, UPSEAL_VERSION,
+			    MBEDTLS_VERSION_STRING);
 			return 0;
 		} else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
 			usage(stdout, d.prog);

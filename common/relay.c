@@ -329,6 +329,7 @@ static void plain_write(struct conn *c, struct wbuf *w)
  */
 static void tls_drain(struct conn *c)
 {
+	size_t stalled_at = SIZE_MAX;	/* in_len when WANT_READ left input */
 	while (!c->t2p_eof && c->plain_queued < RELAY_HIGH && !c->dropped) {
 		struct wbuf *w = wbuf_new(c, WBUF_CAP);
 		if (w == NULL) {
@@ -365,8 +366,20 @@ static void tls_drain(struct conn *c)
 		}
 		if (rc > 0)
 			continue;
-		if (rc == MBEDTLS_ERR_SSL_WANT_READ)
+		if (rc == MBEDTLS_ERR_SSL_WANT_READ) {
+			/*
+			 * Usually: our input is used up. But mbedTLS 3.6 also
+			 * says WANT_READ after a post-handshake message (a TLS
+			 * 1.3 ticket) with records still waiting: go on while
+			 * that makes progress.
+			 */
+			if ((c->in_len > 0 || mbedtls_ssl_check_pending(&c->ssl)) &&
+			    c->in_len != stalled_at) {
+				stalled_at = c->in_len;
+				continue;
+			}
 			break;
+		}
 #if defined(MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
 		if (rc == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET) {
 			/* TLS 1.3: the ticket comes after the handshake. */
@@ -434,6 +447,13 @@ static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	size_t left = (size_t)n;
 	while (left > 0) {
 		int rc = mbedtls_ssl_write(&c->ssl, p, left);
+#if defined(MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
+		if (rc == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET) {
+			/* TLS 1.3: a ticket was processed on the way. */
+			tls_session_save(c->conf->tls, &c->ssl);
+			continue;
+		}
+#endif
 		if (rc < 0) {
 			conn_error_tls(c, "TLS write", rc);
 			conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? "nomem" :

@@ -147,6 +147,10 @@ static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 		    MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
 		return 0;
 	}
+	if (ctx->role == CFG_CLIENT)
+		compat_conf_client_tickets(&ctx->conf);
+	else
+		compat_conf_server_tls13_tickets_off(&ctx->conf);
 	if (ctx->role == CFG_SERVER && t->ticket_key_file != NULL) {
 		char why[400];
 		warn_if_exposed(t, t->ticket_key_file);

@@ -13,31 +13,36 @@ T0=$(date +%s)
 OUT=$(mktemp -d /tmp/upseal-check-XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 
-# run LABEL CMD...: run one runner, show its output, add its summary line.
+# run LABEL CMD...: run one runner, show its output, add its summary line
+# (`N passed, M failed`, optionally followed by `, K skipped`).
 run() {
 	local label=$1
 	shift
 	local log="$OUT/$label.log" t=$(date +%s)
+	local sum='(^|[^0-9])([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?$'
 	echo "=== $label: $*"
 	"$@" 2>&1 | tee "$log"
 	local rc=${PIPESTATUS[0]}
 	local line
-	line=$(grep -E '(^|[^0-9])[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+	line=$(grep -E "$sum" "$log" | tail -n 1)
 	if [ -z "$line" ]; then
 		echo "=== $label: no summary line (exit $rc): counted as 1 failure"
 		FAILED=$((FAILED + 1))
 		return
 	fi
-	local p f
-	p=$(sed -E 's/.*(^|[^0-9])([0-9]+) passed, ([0-9]+) failed$/\2/' <<<"$line")
-	f=$(sed -E 's/.*(^|[^0-9])([0-9]+) passed, ([0-9]+) failed$/\3/' <<<"$line")
+	local p f k
+	p=$(sed -E "s/.*$sum/\2/" <<<"$line")
+	f=$(sed -E "s/.*$sum/\3/" <<<"$line")
+	k=$(sed -E "s/.*$sum/\5/" <<<"$line")
+	k=${k:-0}
 	PASSED=$((PASSED + p))
 	FAILED=$((FAILED + f))
+	SKIPPED=$((${SKIPPED:-0} + k))
 	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
 		echo "=== $label: exit $rc with 0 failures reported: counted as 1 failure"
 		FAILED=$((FAILED + 1))
 	fi
-	echo "=== $label: $p passed, $f failed, exit $rc, $(($(date +%s) - t))s"
+	echo "=== $label: $p passed, $f failed$([ "$k" -gt 0 ] && echo ", $k skipped"), exit $rc, $(($(date +%s) - t))s"
 }
 
 # suite DIR: the three runners against one build dir.
@@ -75,5 +80,5 @@ else
 fi
 
 echo "=== check took $(($(date +%s) - T0))s"
-echo "total: $PASSED passed, $FAILED failed"
+echo "total: $PASSED passed, $FAILED failed$([ "${SKIPPED:-0}" -gt 0 ] && echo ", $SKIPPED skipped")"
 [ "$FAILED" -eq 0 ]

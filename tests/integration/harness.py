@@ -19,6 +19,7 @@ import json
 import os
 import re
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -38,6 +39,18 @@ BAD_LOG = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:|"
 
 class TestFailure(AssertionError):
     pass
+
+
+class Skip(Exception):
+    """Raised by a test that cannot run here (`raise Skip("why")` or
+    `h.skip("why")`): run.py prints `ok NAME # skip why` and counts it as
+    skipped, neither passed nor failed. Only for a missing capability of
+    the machine (e.g. no permission to create network namespaces), never
+    for a check that did not hold."""
+
+    def __init__(self, why):
+        super().__init__(why)
+        self.why = str(why)
 
 
 def check(cond, msg):
@@ -672,6 +685,10 @@ class Harness:
     def note(self, text):
         self.notes.append(text)
 
+    def skip(self, why):
+        """End this test as skipped (see Skip); does not return."""
+        raise Skip(why)
+
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
@@ -756,8 +773,11 @@ class Harness:
     def start(self, binary, ini, name=None, wait_ready=True, args=()):
         self._nprocs += 1
         name = name or "%s-%d" % (binary.replace("upseal-", ""), self._nprocs)
-        p = Proc(self, name, [self.bin(binary)] + list(args) + ["-c", ini],
-                 self.dir)
+        # UPSEAL_WRAP: a launcher put before every daemon (tests/valgrind.sh
+        # sets `valgrind ...`); it must exec the daemon in the same pid.
+        wrap = shlex.split(os.environ.get("UPSEAL_WRAP", ""))
+        p = Proc(self, name, wrap + [self.bin(binary)] + list(args) +
+                 ["-c", ini], self.dir)
         self.procs.append(p)
         if wait_ready:
             p.wait_ready()

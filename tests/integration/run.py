@@ -7,8 +7,11 @@ Run upseal's integration tests.
 Discovers tests/integration/test_*.py and runs every `test_*` function
 with a fresh harness (its own temp dir, daemons, backends). Prints
 `ok NAME (1.2s)` or `not ok NAME (1.2s)` with the failure and the tail of
-the daemon logs, and ends with `integration: N passed, M failed`.
-Exit status 1 if any test failed.
+the daemon logs, or `ok NAME # skip WHY` for a test that raised
+harness.Skip (`h.skip(WHY)`: it cannot run on this machine) or was left
+out by --skip-slow. Ends with `integration: N passed, M failed`, or
+`integration: N passed, M failed, K skipped` when K > 0; a skipped test
+is neither passed nor failed. Exit status 1 if any test failed.
 
 Environment: UPSEAL_SAN=1 (sanitizer build: smaller sizes, longer limits;
 set automatically when the build dir name contains "asan"), UPSEAL_BIG_MIB
@@ -93,9 +96,12 @@ def main():
         h = harness.Harness(name, build)
         t0 = time.monotonic()
         err = None
+        skip = None
         signal.alarm(int(limit))
         try:
             f(h)
+        except harness.Skip as e:
+            skip = e.why or "no reason given"
         except BaseException as e:   # noqa: includes TestTimeout
             if isinstance(e, KeyboardInterrupt):
                 signal.alarm(0)
@@ -122,7 +128,11 @@ def main():
         if problems:
             err = (err + "\n" if err else "") + "\n".join(
                 "  teardown: " + p.replace("\n", "\n  ") for p in problems)
-        if err is None:
+        if err is None and skip is not None:
+            skipped += 1
+            print("ok %s # skip %s" % (name, " ".join(skip.split())),
+                  flush=True)
+        elif err is None:
             passed += 1
             print("ok %s (%.1fs)" % (name, dt), flush=True)
         else:
@@ -139,7 +149,9 @@ def main():
     print("# %d tests in %.1fs%s" % (passed + failed + skipped,
                                      time.monotonic() - t_all,
                                      ", %d skipped" % skipped if skipped else ""))
-    print("integration: %d passed, %d failed" % (passed, failed), flush=True)
+    print("integration: %d passed, %d failed%s"
+          % (passed, failed, ", %d skipped" % skipped if skipped else ""),
+          flush=True)
     return 1 if failed else 0
 
 

@@ -6,7 +6,7 @@ not; a unix-socket backend has nothing to audit."""
 import re
 import socket
 
-from harness import check, check_eq, timeout
+from harness import check, check_eq, parse_line as _parse, timeout
 
 
 def _listen(h, family, host):
@@ -122,3 +122,50 @@ def test_one_exposed_tunnel_fails_the_file(h):
               % (name, r.text))
     check("0.0.0.0:%d" % bad in r.text or "0.0.0.0" in r.text,
           "--audit does not name the exposed address: %r" % r.text)
+
+
+# --- the warning upseal-server logs at start ---------------------------------
+
+def _start_server(h, name, tunnels):
+    """upseal-server with tunnels {section: connect}, waited on until ready
+    (the start-up audit runs before `ready`)."""
+    return h.start("upseal-server", _server_ini(h, name, tunnels), name=name)
+
+
+@timeout(60)
+def test_start_warns_when_backend_exposed(h):
+    # Two tunnels: one backend also listens on every address, the other on
+    # loopback only. Only the first is named, with the exposed address.
+    _, bad = _listen(h, socket.AF_INET, "0.0.0.0")
+    _, good = _listen(h, socket.AF_INET, "127.0.0.1")
+    srv = _start_server(h, "exposed", {"open": "127.0.0.1:%d" % bad,
+                                       "safe": "127.0.0.1:%d" % good})
+    warns = srv.events("backend_exposed")
+    check_eq([w.get("tunnel") for w in warns], ["open"],
+             "tunnels named by backend_exposed at start (log:\n%s)"
+             % srv.log())
+    w = warns[0]
+    check_eq(w.get("level"), "warn", "level of backend_exposed")
+    check("0.0.0.0:%d" % bad in w.get("listening", "").split(","),
+          "backend_exposed does not name 0.0.0.0:%d: %r" % (bad, w))
+    check(_says_bind_loopback(w.get("msg", "")),
+          "backend_exposed does not say to bind the backend to loopback: "
+          "%r" % w)
+    # The warning comes before `ready`: an operator who waits for ready
+    # has already been told.
+    lines = [d.get("event") for d in map(_parse, srv.lines())]
+    check(lines.index("backend_exposed") < lines.index("ready"),
+          "backend_exposed logged after ready: %r" % lines)
+    check(srv.alive(), "upseal-server did not keep running after the "
+          "warning (it is a warning, not a refusal)")
+
+
+@timeout(60)
+def test_start_quiet_when_backend_on_loopback(h):
+    _, port = _listen(h, socket.AF_INET, "127.0.0.1")
+    srv = _start_server(h, "quiet", {"app": "127.0.0.1:%d" % port})
+    check_eq(srv.events("backend_exposed"), [],
+             "backend_exposed lines with the backend on 127.0.0.1 only "
+             "(log:\n%s)" % srv.log())
+    check("backend_exposed" not in srv.log(),
+          "backend_exposed in the log: %s" % srv.log())

@@ -5,6 +5,7 @@ import os
 import signal
 import time
 
+from tlsver import tls13
 from harness import check, check_eq, timeout
 
 
@@ -26,10 +27,12 @@ def test_resumed_after_first(h):
     be = h.echo_backend()
     cli, srv, _ = h.pair(be.addr, upseal={"log_level": "debug"})
     _echo_n(h, cli, 4)
+    # mbedTLS 3.6's TLS 1.3 tickets lack the client's certificate, so the
+    # server issues none there (a resumed client could not be pin-checked).
+    want = ["false"] * 4 if tls13(h) else ["false", "true", "true", "true"]
     for proc in (cli, srv):
         done = _handshakes(proc, 4)
-        check_eq([d.get("resumed") for d in done],
-                 ["false", "true", "true", "true"],
+        check_eq([d.get("resumed") for d in done], want,
                  "%s: resumed flags of four handshakes" % proc.name)
         # Resumed or not, every handshake reports the peer's full pin.
         check(all(d.get("peer_pin", "").startswith("sha256//") for d in done),
@@ -153,8 +156,8 @@ def test_ciphers_choose_the_suite(h):
                                       "ECDHE-ECDSA-AES256-GCM-SHA384"})
     h.echo_roundtrip(cli.addr("app")).close()
     done = _handshakes(cli, 1)
-    check_eq(done[0].get("suite"),
-             "TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384", "negotiated suite")
+    check_eq(done[0].get("suite"), "TLS1-3-AES-256-GCM-SHA384" if tls13(h)
+             else "TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384", "negotiated suite")
 
 
 @timeout(60)
