@@ -263,9 +263,17 @@ static void on_tls_shutdown(uv_shutdown_t *req, int status)
 	struct conn *c = req->data;
 	if (c->dropped || status == UV_ECANCELED)
 		return;
+	if (status == UV_ENOTCONN && c->t2p_eof) {
+		/*
+		 * The peer sent close_notify and then closed outright (as
+		 * TLS 1.2 allows): nothing is left to say to it. Done.
+		 */
+		status = 0;
+	}
 	if (status < 0) {
 		conn_error_uv(c, "TLS shutdown", status);
-		conn_fail(c, "tls_error", true);
+		conn_fail(c, status == UV_ENOTCONN || status == UV_ECONNRESET ||
+		    status == UV_EPIPE ? "tls_reset" : "tls_error", true);
 		return;
 	}
 	c->p2t_done = true;

@@ -79,6 +79,11 @@ else
 	FAILED=$((FAILED + 1))
 fi
 
+# Fuzzing (libFuzzer, clang; builds build-fuzz/) briefly, then a valgrind
+# memcheck pass over a few integration tests against the plain build.
+run fuzz tests/fuzz/run.sh "${FUZZ_SECONDS:-15}"
+run valgrind tests/valgrind.sh build
+
 echo "=== check took $(($(date +%s) - T0))s"
 echo "total: $PASSED passed, $FAILED failed$([ "${SKIPPED:-0}" -gt 0 ] && echo ", $SKIPPED skipped")"
 [ "$FAILED" -eq 0 ]
