@@ -65,7 +65,7 @@ clean:
 
 .PHONY: all check demo clean
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' -type f 2>/dev/null)
 
 # ---- fuzzing (tests/fuzz) ---------------------------------------------------
 #   make fuzz [FUZZ_SECONDS=60]   build the libFuzzer targets into build-fuzz/
@@ -98,7 +98,7 @@ fuzz: fuzz-build
 	FUZZ_NO_BUILD=1 ./tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 .PHONY: fuzz fuzz-build
--include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(FUZZ_BUILD) -name '*.d' -type f 2>/dev/null)
 # ---- end of fuzzing ---------------------------------------------------------
 
 # ---- install ----------------------------------------------------------------

@@ -353,20 +353,30 @@ static void on_connected(uv_connect_t *req, int status)
 		relay_start(c);
 }
 
-static void dial_addr(struct conn *c, const struct sockaddr *sa)
+/* Set up the handle of the end this role dials; NULL (c failed) on error. */
+static union stream *dial_handle(struct conn *c, bool unix_socket)
 {
 	union stream *s = dialed(c);
-	int rc = uv_tcp_init(conn_loop(c), &s->tcp);
+	int rc = unix_socket ? uv_pipe_init(conn_loop(c), &s->pipe, 0) :
+	    uv_tcp_init(conn_loop(c), &s->tcp);
 	if (rc != 0) {
 		conn_error_uv(c, "socket", rc);
 		conn_fail(c, "connect_failed", true);
-		return;
+		return NULL;
 	}
 	s->h.data = c;
 	*dialed_open(c) = true;
 	c->refs++;
 	c->connect_req.data = c;
-	rc = uv_tcp_connect(&c->connect_req, &s->tcp, sa, on_connected);
+	return s;
+}
+
+static void dial_addr(struct conn *c, const struct sockaddr *sa)
+{
+	union stream *s = dial_handle(c, false);
+	if (s == NULL)
+		return;
+	int rc = uv_tcp_connect(&c->connect_req, &s->tcp, sa, on_connected);
 	if (rc != 0) {
 		c->dial_err = rc;
 		close_handle(c, &s->h, dialed_open(c));
@@ -418,18 +428,10 @@ static void dial_start(struct conn *c)
 {
 	const struct addr *a = &conn_cfg(c)->connect;
 	if (a->kind == ADDR_UNIX) {
-		union stream *s = dialed(c);
-		int rc = uv_pipe_init(conn_loop(c), &s->pipe, 0);
-		if (rc != 0) {
-			conn_error_uv(c, "socket", rc);
-			conn_fail(c, "connect_failed", true);
-			return;
-		}
-		s->h.data = c;
-		*dialed_open(c) = true;
-		c->refs++;
-		c->connect_req.data = c;
-		uv_pipe_connect(&c->connect_req, &s->pipe, a->path, on_connected);
+		union stream *s = dial_handle(c, true);
+		if (s != NULL)
+			uv_pipe_connect(&c->connect_req, &s->pipe, a->path,
+			    on_connected);
 		return;
 	}
 	if (a->numeric) {

@@ -49,18 +49,17 @@ struct daemon {
 	int exit_code;
 };
 
-static void usage(FILE *f, const char *prog)
+static void usage(FILE *f, const char *prog, enum cfg_role role)
 {
+	bool server = role == CFG_SERVER;
 	fprintf(f,
-	    "usage: %s -c FILE [--check | --audit]\n"
+	    "usage: %s -c FILE [--check%s]\n"
 	    "       %s --version | --help\n"
 	    "\n"
 	    "  -c, --config FILE  the ini file with the tunnels to run\n"
 	    "      --check        validate the file (and its certificates and\n"
 	    "                     keys), print the result and exit 0 or 1\n"
-	    "      --audit        (upseal-server) tell whether each tunnel's\n"
-	    "                     backend also listens where the network can\n"
-	    "                     reach it; exit 1 if one does\n"
+	    "%s"
 	    "  -V, --version      print the version and exit\n"
 	    "  -h, --help         print this help and exit\n"
 	    "\n"
@@ -68,7 +67,10 @@ static void usage(FILE *f, const char *prog)
 	    "names (open connections keep their settings; a file that fails\n"
 	    "to load changes nothing). TERM or INT stop accepting, let open\n"
 	    "connections finish (up to drain_timeout) and exit 0.\n",
-	    prog, prog);
+	    prog, server ? " | --audit" : "", prog, server ?
+	    "      --audit        tell whether each tunnel's backend also\n"
+	    "                     listens where the network can reach it;\n"
+	    "                     exit 1 if one does\n" : "");
 }
 
 /* ---- tunnel sets ---- */
@@ -724,17 +726,17 @@ int daemon_main(int argc, char **argv, enum cfg_role role)
 			    MBEDTLS_VERSION_STRING);
 			return 0;
 		} else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-			usage(stdout, d.prog);
+			usage(stdout, d.prog, role);
 			return 0;
 		} else {
 			fprintf(stderr, "%s: unexpected argument \"%s\"\n", d.prog, a);
-			usage(stderr, d.prog);
+			usage(stderr, d.prog, role);
 			return 2;
 		}
 	}
 	if (d.path == NULL) {
 		fprintf(stderr, "%s: no configuration: use -c FILE\n", d.prog);
-		usage(stderr, d.prog);
+		usage(stderr, d.prog, role);
 		return 2;
 	}
 

@@ -43,6 +43,11 @@ static void header(struct sbuf *b, const char *name, const char *type,
 	sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+static uint64_t field(const struct tunnel_stats *s, size_t off)
+{
+	return *(const uint64_t *)((const char *)s + off);
+}
+
 /* Tunnel names are [A-Za-z0-9_.-]: no label escaping is needed. */
 static void per_tunnel(struct sbuf *b, const struct metrics_tunnel *t,
     size_t n, const char *name, const char *type, const char *help,
@@ -50,9 +55,24 @@ static void per_tunnel(struct sbuf *b, const struct metrics_tunnel *t,
 {
 	header(b, name, type, help);
 	for (size_t i = 0; i < n; i++) {
-		uint64_t v = *(const uint64_t *)((const char *)t[i].stats + field_off);
 		sbuf_printf(b, "%s{tunnel=\"%s\"} %llu\n", name, t[i].name,
-		    (unsigned long long)v);
+		    (unsigned long long)field(t[i].stats, field_off));
+	}
+}
+
+/* A counter whose one extra label takes two values, per tunnel. */
+static void two_ways(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
+    const char *name, const char *help, const char *label, const char *v1,
+    size_t off1, const char *v2, size_t off2)
+{
+	header(b, name, "counter", help);
+	for (size_t i = 0; i < n; i++) {
+		sbuf_printf(b, "%s{tunnel=\"%s\",%s=\"%s\"} %llu\n", name,
+		    t[i].name, label, v1,
+		    (unsigned long long)field(t[i].stats, off1));
+		sbuf_printf(b, "%s{tunnel=\"%s\",%s=\"%s\"} %llu\n", name,
+		    t[i].name, label, v2,
+		    (unsigned long long)field(t[i].stats, off2));
 	}
 }
 
@@ -132,26 +152,13 @@ void metrics_render(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
 	by_reason(b, t, n, "upseal_handshake_failures_total", "TLS "
 	    "handshakes that failed or whose peer was refused, by reason.",
 	    true);
-	header(b, "upseal_handshakes_total", "counter", "Completed, pinned "
-	    "handshakes, full or resumed.");
-	for (size_t i = 0; i < n; i++) {
-		sbuf_printf(b, "upseal_handshakes_total{tunnel=\"%s\",kind="
-		    "\"full\"} %llu\n", t[i].name,
-		    (unsigned long long)t[i].stats->hs_full);
-		sbuf_printf(b, "upseal_handshakes_total{tunnel=\"%s\",kind="
-		    "\"resumed\"} %llu\n", t[i].name,
-		    (unsigned long long)t[i].stats->hs_resumed);
-	}
-	header(b, "upseal_bytes_total", "counter", "Plaintext bytes carried: "
-	    "plain_in read from the plaintext end, plain_out written to it.");
-	for (size_t i = 0; i < n; i++) {
-		sbuf_printf(b, "upseal_bytes_total{tunnel=\"%s\",direction="
-		    "\"plain_in\"} %llu\n", t[i].name,
-		    (unsigned long long)t[i].stats->bytes_in);
-		sbuf_printf(b, "upseal_bytes_total{tunnel=\"%s\",direction="
-		    "\"plain_out\"} %llu\n", t[i].name,
-		    (unsigned long long)t[i].stats->bytes_out);
-	}
+	two_ways(b, t, n, "upseal_handshakes_total", "Completed, pinned "
+	    "handshakes, full or resumed.", "kind", "full", FIELD(hs_full),
+	    "resumed", FIELD(hs_resumed));
+	two_ways(b, t, n, "upseal_bytes_total", "Plaintext bytes carried: "
+	    "plain_in read from the plaintext end, plain_out written to it.",
+	    "direction", "plain_in", FIELD(bytes_in), "plain_out",
+	    FIELD(bytes_out));
 	per_tunnel(b, t, n, "upseal_connect_failures_total", "counter",
 	    "Dials of the next hop that failed or timed out.",
 	    FIELD(connect_failures));

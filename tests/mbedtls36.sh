@@ -2,7 +2,7 @@
 # Build upseal against mbedTLS 3.6 (Debian 13's source package) and run the
 # tests against that build.
 #
-#   tests/mbedtls36.sh [PREFIX]     default PREFIX: build-mbedtls36/mbedtls
+#   tests/mbedtls36.sh [PREFIX]     default PREFIX: build-mbedtls36-src/prefix
 #
 # 1. Fetches the source package `mbedtls` of Debian 13 (trixie) with
 #    apt-get source. The deb-src entry is derived from this machine's own
@@ -17,8 +17,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 TOP=$PWD
-PREFIX=${1:-$TOP/build-mbedtls36/mbedtls}
-WORK=$TOP/build-mbedtls36/src
+PREFIX=${1:-$TOP/build-mbedtls36-src/prefix}
+WORK=$TOP/build-mbedtls36-src
 mkdir -p "$WORK" "$PREFIX"
 
 need=()
