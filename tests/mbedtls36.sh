@@ -49,8 +49,12 @@ if [ ! -f "$PREFIX/lib/libmbedtls.so" ]; then
 	      -o "Dir::State::Lists=$APT/lists" -o "Dir::Cache=$APT/cache"
 	      -o "APT::Sandbox::User=root")
 	echo "==> apt-get source mbedtls (trixie, from $mirror)"
-	apt-get "${opts[@]}" update
-	(cd "$WORK" && apt-get "${opts[@]}" source mbedtls)
+	if ! apt-get "${opts[@]}" update ||
+	    ! (cd "$WORK" && apt-get "${opts[@]}" source mbedtls); then
+		# The archive could not be reached: nothing of ours was tested.
+		echo "mbedtls36: 0 passed, 0 failed, 1 skipped"
+		exit 0
+	fi
 	src=$(find "$WORK" -maxdepth 1 -type d -name 'mbedtls-3.*' | sort | tail -n 1)
 	[ -n "$src" ] || { echo "mbedtls36: no mbedtls-3.* source tree" >&2; exit 1; }
 	echo "==> building $(basename "$src") into $PREFIX"
