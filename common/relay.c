@@ -170,8 +170,11 @@ int relay_bio_send(void *arg, const unsigned char *buf, size_t len)
 	struct conn *c = arg;
 	if (c->dropped)
 		return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
-	if (c->tls_out != NULL && c->tls_out->cap - c->tls_out->len < len)
+	if (c->tls_out != NULL && c->tls_out->cap - c->tls_out->len < len) {
 		relay_flush_tls(c);
+		if (c->dropped)
+			return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+	}
 	if (c->tls_out == NULL) {
 		c->tls_out = wbuf_new(c, len);
 		if (c->tls_out == NULL)
