@@ -159,7 +159,8 @@ uninstall:
 #                     one markdown table of medians. Not part of `make check`.
 #   env: BENCH_ROUNDS (3), BENCH_BULK_MIB (1024), BENCH_IDLE (2000),
 #        BENCH_CONTENDERS (comma list), BENCH_QUICK=1 (smoke run),
-#        BENCH_JSON (file for the raw rows), BENCH_PERF=1 (perf of upseal bulk)
+#        BENCH_JSON (file for the raw rows), BENCH_PERF=1 (perf of upseal bulk;
+#        BENCH_PERF_DATA=FILE keeps perf.data). Results: docs/PERFORMANCE.md
 BENCH_BIN := $(BUILD)/bench/load $(BUILD)/bench/backend $(BUILD)/bench/aead
 
 $(BUILD)/bench/load: bench/load.c
