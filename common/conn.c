@@ -91,13 +91,12 @@ static void on_closed(uv_handle_t *h)
 	dial_next(c);
 }
 
-static void close_handle(struct conn *c, uv_handle_t *h, bool *open)
+static void close_handle(uv_handle_t *h, bool *open)
 {
 	if (!*open)
 		return;
 	*open = false;
 	uv_close(h, on_closed);
-	(void)c;
 }
 
 static bool reason_is_quiet(const char *reason)
@@ -145,7 +144,7 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 		uv_cancel((uv_req_t *)&c->gai);	/* its callback still runs */
 	if (c->timer_open)
 		uv_timer_stop(&c->timer);
-	close_handle(c, (uv_handle_t *)&c->timer, &c->timer_open);
+	close_handle((uv_handle_t *)&c->timer, &c->timer_open);
 	if (c->plain_open && reset_plain &&
 	    c->plain.h.type == UV_TCP) {
 		c->plain_open = false;
@@ -153,8 +152,8 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 		if (uv_tcp_close_reset(&c->plain.tcp, on_closed) != 0)
 			uv_close(&c->plain.h, on_closed);
 	}
-	close_handle(c, &c->plain.h, &c->plain_open);
-	close_handle(c, &c->tls.h, &c->tls_open);
+	close_handle(&c->plain.h, &c->plain_open);
+	close_handle(&c->tls.h, &c->tls_open);
 }
 
 void conn_drop(struct conn *c, const char *reason)
@@ -339,7 +338,7 @@ static void on_connected(uv_connect_t *req, int status)
 	if (status < 0) {
 		c->dial_err = status;
 		/* Close this attempt; on_closed then tries the next address. */
-		close_handle(c, &dialed(c)->h, dialed_open(c));
+		close_handle(&dialed(c)->h, dialed_open(c));
 		return;
 	}
 	if (c->ai_list != NULL) {
@@ -379,7 +378,7 @@ static void dial_addr(struct conn *c, const struct sockaddr *sa)
 	int rc = uv_tcp_connect(&c->connect_req, &s->tcp, sa, on_connected);
 	if (rc != 0) {
 		c->dial_err = rc;
-		close_handle(c, &s->h, dialed_open(c));
+		close_handle(&s->h, dialed_open(c));
 	}
 }
 
