@@ -50,8 +50,11 @@ MIB = 1024 ** 2
 # 2.28) and two upseal sidecars negotiate it.
 PEER_CIPHER = "ECDHE-ECDSA-AES128-GCM-SHA256"
 NGINX_STREAM_SO = "/usr/lib/nginx/modules/ngx_stream_module.so"
-ALL = ["upseal", "upseal+res", "stunnel", "stunnel+res", "haproxy", "haproxy+res",
-       "nginx", "nginx+res", "direct"]
+ALL = ["upseal", "upseal+res", "upseal36", "stunnel", "stunnel+res", "haproxy",
+       "haproxy+res", "nginx", "nginx+res", "direct"]
+# upseal36: the same sources built against mbedTLS 3.6 by tests/mbedtls36.sh
+# (two sidecars then speak TLS 1.3; no TLS 1.3 tickets, so no +res row).
+BUILD36 = os.environ.get("BENCH_BUILD36") or os.path.join(ROOT, "build-mbedtls36")
 # Set in main(): whether this upseal build knows the `resumption` key (the
 # resumption work of issue 4). Without it, "upseal" is the only upseal row.
 UPSEAL_HAS_RESUMPTION = False
@@ -245,6 +248,13 @@ class Upseal(Contender):
         return "127.0.0.1:%d" % cp
 
 
+class Upseal36(Upseal):
+    """upseal built against mbedTLS 3.6 (a copy in the snapshot's b36/)."""
+
+    def __init__(self, name, ids, tmp, build):
+        super().__init__(name, ids, tmp, os.path.join(build, "b36"))
+
+
 class Stunnel(Contender):
     def start(self, be_port):
         i = self.ids
@@ -331,8 +341,8 @@ class Nginx(Contender):
         return "127.0.0.1:%d" % cp
 
 
-KINDS = {"upseal": Upseal, "stunnel": Stunnel, "haproxy": Haproxy,
-         "nginx": Nginx, "direct": Direct}
+KINDS = {"upseal": Upseal, "upseal36": Upseal36, "stunnel": Stunnel,
+         "haproxy": Haproxy, "nginx": Nginx, "direct": Direct}
 
 
 def available(name):
@@ -343,6 +353,9 @@ def available(name):
         return bool(shutil.which("haproxy"))
     if base == "nginx":
         return bool(shutil.which("nginx")) and os.path.exists(NGINX_STREAM_SO)
+    if base == "upseal36":
+        return all(os.access(os.path.join(BUILD36, b), os.X_OK)
+                   for b in ("upseal-server", "upseal-client"))
     return True
 
 
@@ -621,6 +634,10 @@ def main():
         os.makedirs(os.path.join(snap, "bench"))
         for b in ("upseal-server", "upseal-client"):
             shutil.copy2(os.path.join(cfg.build, b), os.path.join(snap, b))
+        if "upseal36" in names:
+            os.makedirs(os.path.join(snap, "b36"))
+            for b in ("upseal-server", "upseal-client"):
+                shutil.copy2(os.path.join(BUILD36, b), os.path.join(snap, "b36", b))
         for b in ("load", "backend", "aead"):
             shutil.copy2(os.path.join(cfg.bench_bin, b), os.path.join(snap, "bench", b))
         cfg.build = snap
