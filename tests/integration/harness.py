@@ -338,6 +338,17 @@ class Proc:
         except (OSError, IndexError, ValueError):
             return None
 
+    def rss_kib(self):
+        """Resident memory now, in KiB (Linux /proc), or None."""
+        try:
+            with open("/proc/%d/status" % self.pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+        return None
+
     def signal(self, sig):
         if self.poll() is None:
             os.kill(self.pid, sig)

@@ -197,17 +197,6 @@ def test_two_tunnels_in_one_file(h):
              "conn_end tunnels")
 
 
-def _rss_kib(proc):
-    try:
-        with open("/proc/%d/status" % proc.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 @timeout(90)
 def test_backpressure_bounds_memory(h):
     """A backend that does not read: the app's writes must block after a
@@ -232,7 +221,7 @@ def test_backpressure_bounds_memory(h):
     h.backends.append(be)
     h.cleanups.append(release.set)
     cli, srv, _ = h.pair(be.addr)
-    rss0 = (_rss_kib(cli), _rss_kib(srv))
+    rss0 = (cli.rss_kib(), srv.rss_kib())
     s = h.connect(cli.addr("app"))
     s.setblocking(False)
     chunk = Source(1 * MiB, seed=3).bytes()
@@ -243,7 +232,7 @@ def test_backpressure_bounds_memory(h):
             pushed += s.send(chunk)
         except BlockingIOError:
             time.sleep(0.01)   # the peer is full: what this test measures
-    rss1 = (_rss_kib(cli), _rss_kib(srv))
+    rss1 = (cli.rss_kib(), srv.rss_kib())
     h.note("app could push %.1f MiB into a stalled tunnel; RSS growth "
            "client %s KiB, server %s KiB" % (
                pushed / MiB,

@@ -35,17 +35,6 @@ def fds(proc):
         return None
 
 
-def rss_kib(proc):
-    try:
-        with open("/proc/%d/status" % proc.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def wait_fds(proc, want, limit, what=""):
     """Wait (bounded) until proc has at most `want` descriptors open."""
     deadline = time.monotonic() + limit
@@ -646,7 +635,7 @@ def test_churn_2000_short_connections(h):
     for _ in range(20):
         h.echo_roundtrip(cli.addr("app"), b"w\n").close()
     time.sleep(0.2)
-    rss0 = (rss_kib(cli), rss_kib(srv))
+    rss0 = (cli.rss_kib(), srv.rss_kib())
     errors = []
     done = [0]
     lock = threading.Lock()
@@ -688,7 +677,7 @@ def test_churn_2000_short_connections(h):
     _conn_ends(srv, done[0] + 21, scaled(30, 90))
     wait_fds(cli, base_c, scaled(5, 15), "client after churn")
     wait_fds(srv, base_s, scaled(5, 15), "server after churn")
-    rss1 = (rss_kib(cli), rss_kib(srv))
+    rss1 = (cli.rss_kib(), srv.rss_kib())
     h.note("%d connections in %.1fs; RSS client %s -> %s KiB, server %s -> %s "
            "KiB" % (done[0], dt, rss0[0], rss1[0], rss0[1], rss1[1]))
     # ASan's quarantine holds freed memory on purpose: only the plain build
