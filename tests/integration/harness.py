@@ -400,6 +400,18 @@ class Identity:
 
 # --- in-process backends --------------------------------------------------
 
+def _drain_hashed(s):
+    """Read s to EOF; return (bytes read, their sha256 object)."""
+    sha = hashlib.sha256()
+    n = 0
+    while True:
+        d = s.recv(1024 * 1024)
+        if not d:
+            return n, sha
+        sha.update(d)
+        n += len(d)
+
+
 class Backend:
     """A listening socket and one thread per connection, all bounded.
 
@@ -537,14 +549,7 @@ class SourceSinkBackend(Backend):
 
         t = threading.Thread(target=sender, daemon=True)
         t.start()
-        sha = hashlib.sha256()
-        got = 0
-        while True:
-            d = s.recv(1024 * 1024)
-            if not d:
-                break
-            sha.update(d)
-            got += len(d)
+        got, sha = _drain_hashed(s)
         t.join(scaled(120, 300))
         with self.lock:
             self.results.append({"recv": got, "recv_sha": sha.hexdigest(),
@@ -584,14 +589,7 @@ class BannerFirstBackend(Backend):
     def handle(self, s, idx):
         s.sendall(self.banner)
         s.shutdown(socket.SHUT_WR)
-        sha = hashlib.sha256()
-        n = 0
-        while True:
-            d = s.recv(256 * 1024)
-            if not d:
-                break
-            sha.update(d)
-            n += len(d)
+        n, sha = _drain_hashed(s)
         with self.lock:
             self.results.append({"recv": n, "recv_sha": sha.hexdigest()})
 
