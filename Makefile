@@ -19,8 +19,8 @@ endif
 CPPFLAGS += -D_GNU_SOURCE -Icommon
 CFLAGS   ?= $(OPT) -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral \
-            -Wstrict-prototypes -Wmissing-prototypes -fstack-protector-strong $(SANFLAGS)
-LDFLAGS  += $(SANFLAGS)
+            -Wstrict-prototypes -Wmissing-prototypes -fstack-protector-strong -pthread $(SANFLAGS)
+LDFLAGS  += -pthread $(SANFLAGS)
 ifdef MBEDTLS_PREFIX
 CPPFLAGS += -I$(MBEDTLS_PREFIX)/include
 LDFLAGS  += -L$(MBEDTLS_PREFIX)/lib -Wl,-rpath,$(MBEDTLS_PREFIX)/lib

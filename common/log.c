@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -10,20 +11,22 @@
 #include <mbedtls/error.h>
 #include <uv.h>
 
-static enum log_level log_max = LOG_INFO;
-static bool log_json_format;
+/* Read by every event-loop thread, set by a reload on the main one. */
+static _Atomic int log_max = LOG_INFO;
+static _Atomic bool log_json_format;
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
 void log_setup(enum log_level level, bool json)
 {
-	log_max = level;
-	log_json_format = json;
+	atomic_store_explicit(&log_max, (int)level, memory_order_relaxed);
+	atomic_store_explicit(&log_json_format, json, memory_order_relaxed);
 }
 
 bool log_enabled(enum log_level level)
 {
-	return level <= log_max;
+	return (int)level <= atomic_load_explicit(&log_max,
+	    memory_order_relaxed);
 }
 
 int log_level_parse(const char *text, enum log_level *out)
@@ -111,7 +114,7 @@ void log_begin(struct log_line *l, enum log_level level, const char *event)
 	l->len = 0;
 	l->cut = false;
 	l->on = log_enabled(level);
-	l->json = log_json_format;
+	l->json = atomic_load_explicit(&log_json_format, memory_order_relaxed);
 	if (!l->on)
 		return;
 

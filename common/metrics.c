@@ -29,12 +29,9 @@ void metrics_handshake(struct tunnel_stats *s, double seconds, bool resumed)
 	unsigned i = 0;
 	while (i < METRICS_HS_BUCKETS && seconds > hs_bounds[i])
 		i++;
-	s->hs_bucket[i]++;
-	s->hs_seconds += seconds;
-	if (resumed)
-		s->hs_resumed++;
-	else
-		s->hs_full++;
+	STAT_ADD(s->hs_bucket[i], 1);
+	STAT_ADD(s->hs_micros, (uint64_t)(seconds * 1e6 + 0.5));
+	STAT_ADD(*(resumed ? &s->hs_resumed : &s->hs_full), 1);
 }
 
 static void header(struct sbuf *b, const char *name, const char *type,
@@ -45,7 +42,8 @@ static void header(struct sbuf *b, const char *name, const char *type,
 
 static uint64_t field(const struct tunnel_stats *s, size_t off)
 {
-	return *(const uint64_t *)((const char *)s + off);
+	return atomic_load_explicit((const stat_counter *)((const char *)s +
+	    off), memory_order_relaxed);
 }
 
 /* Tunnel names are [A-Za-z0-9_.-]: no label escaping is needed. */
@@ -81,13 +79,16 @@ static void by_reason(struct sbuf *b, const struct metrics_tunnel *t,
 {
 	header(b, name, "counter", help);
 	for (size_t i = 0; i < n; i++) {
-		const uint64_t *v = failed ? t[i].stats->hs_failed :
+		const stat_counter *v = failed ? t[i].stats->hs_failed :
 		    t[i].stats->closed;
-		for (unsigned r = 0; r < METRICS_REASONS; r++)
-			if (v[r] != 0)
+		for (unsigned r = 0; r < METRICS_REASONS; r++) {
+			uint64_t x = atomic_load_explicit(&v[r],
+			    memory_order_relaxed);
+			if (x != 0)
 				sbuf_printf(b, "%s{tunnel=\"%s\",reason=\"%s\"} "
 				    "%llu\n", name, t[i].name, reasons[r],
-				    (unsigned long long)v[r]);
+				    (unsigned long long)x);
+		}
 	}
 }
 
@@ -100,7 +101,8 @@ static void histogram(struct sbuf *b, const struct metrics_tunnel *t, size_t n)
 		const struct tunnel_stats *s = t[i].stats;
 		uint64_t sum = 0;
 		for (unsigned k = 0; k <= METRICS_HS_BUCKETS; k++) {
-			sum += s->hs_bucket[k];
+			sum += atomic_load_explicit(&s->hs_bucket[k],
+			    memory_order_relaxed);
 			if (k < METRICS_HS_BUCKETS)
 				sbuf_printf(b, "%s_bucket{tunnel=\"%s\",le=\"%g\"} "
 				    "%llu\n", name, t[i].name, hs_bounds[k],
@@ -111,7 +113,8 @@ static void histogram(struct sbuf *b, const struct metrics_tunnel *t, size_t n)
 				    (unsigned long long)sum);
 		}
 		sbuf_printf(b, "%s_sum{tunnel=\"%s\"} %.6f\n", name, t[i].name,
-		    s->hs_seconds);
+		    (double)atomic_load_explicit(&s->hs_micros,
+		    memory_order_relaxed) / 1e6);
 		sbuf_printf(b, "%s_count{tunnel=\"%s\"} %llu\n", name, t[i].name,
 		    (unsigned long long)sum);
 	}

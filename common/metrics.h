@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "sbuf.h"
@@ -16,18 +17,32 @@
 /* Handshake duration histogram: upper bounds in seconds, then +Inf. */
 #define METRICS_HS_BUCKETS 10
 
+/*
+ * Every event-loop thread (worker) counts into the same struct: the
+ * counters are atomic, updated with relaxed ordering (each is a tally, not
+ * a synchronisation point), and summed by nothing but the hardware.
+ */
+typedef _Atomic uint64_t stat_counter;
+
 struct tunnel_stats {
-	unsigned refs;		/* tunnels counting into these */
-	uint64_t accepted;
-	uint64_t closed[METRICS_REASONS];	/* by reason index */
-	uint64_t hs_failed[METRICS_REASONS];	/* by reason index */
-	uint64_t hs_full, hs_resumed;
-	uint64_t bytes_in;	/* read from the plaintext end */
-	uint64_t bytes_out;	/* written to the plaintext end */
-	uint64_t connect_failures;	/* the next hop could not be reached */
-	uint64_t hs_bucket[METRICS_HS_BUCKETS + 1];	/* not cumulative */
-	double hs_seconds;
+	_Atomic unsigned refs;	/* tunnels counting into these */
+	_Atomic unsigned open;	/* connections open under these counters */
+	/* Workers holding back an accept at max_connections (bit per worker). */
+	_Atomic uint64_t held;
+	stat_counter accepted;
+	stat_counter closed[METRICS_REASONS];	/* by reason index */
+	stat_counter hs_failed[METRICS_REASONS];	/* by reason index */
+	stat_counter hs_full, hs_resumed;
+	stat_counter bytes_in;	/* read from the plaintext end */
+	stat_counter bytes_out;	/* written to the plaintext end */
+	stat_counter connect_failures;	/* the next hop could not be reached */
+	stat_counter hs_bucket[METRICS_HS_BUCKETS + 1];	/* not cumulative */
+	stat_counter hs_micros;	/* total handshake time, microseconds */
 };
+
+/* Add n to a counter (any thread). */
+#define STAT_ADD(counter, n) \
+	atomic_fetch_add_explicit(&(counter), (n), memory_order_relaxed)
 
 /* The index of a reason word; unknown words map to "other". */
 unsigned metrics_reason(const char *reason);

@@ -330,7 +330,7 @@ static void plain_write(struct conn *c, struct wbuf *w)
 	}
 	c->plain_queued += w->len;
 	c->plain_out += w->len;
-	c->tun->stats->bytes_out += w->len;
+	STAT_ADD(c->tun->stats->bytes_out, w->len);
 }
 
 /*
@@ -453,7 +453,7 @@ static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	}
 	conn_touch(c);
 	c->plain_in += (uint64_t)n;
-	c->tun->stats->bytes_in += (uint64_t)n;
+	STAT_ADD(c->tun->stats->bytes_in, (uint64_t)n);
 	const unsigned char *p = (const unsigned char *)buf->base;
 	size_t left = (size_t)n;
 	while (left > 0) {

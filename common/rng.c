@@ -3,24 +3,33 @@
 #include <stdbool.h>
 
 #include <mbedtls/entropy.h>
+#include <uv.h>
 
 #include "compat.h"
 
-static mbedtls_entropy_context entropy;
-static mbedtls_ctr_drbg_context drbg;
-static bool seeded;
+static uv_once_t crypto_once = UV_ONCE_INIT;
+static int crypto_rc;
+
+static _Thread_local mbedtls_entropy_context entropy;
+static _Thread_local mbedtls_ctr_drbg_context drbg;
+static _Thread_local bool seeded;
+
+static void crypto_init(void)
+{
+	crypto_rc = compat_crypto_init();
+}
 
 int rng_init(void)
 {
 	static const unsigned char personal[] = "upseal";
 	if (seeded)
 		return 0;
-	int rc = compat_crypto_init();
-	if (rc != 0)
-		return rc;
+	uv_once(&crypto_once, crypto_init);
+	if (crypto_rc != 0)
+		return crypto_rc;
 	mbedtls_entropy_init(&entropy);
 	mbedtls_ctr_drbg_init(&drbg);
-	rc = mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy,
+	int rc = mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy,
 	    personal, sizeof personal - 1);
 	if (rc != 0) {
 		mbedtls_ctr_drbg_free(&drbg);
@@ -33,11 +42,23 @@ int rng_init(void)
 
 mbedtls_ctr_drbg_context *rng_get(void)
 {
-	return &drbg;
+	return rng_init() == 0 ? &drbg : NULL;
 }
 
 int rng_random(void *p_rng, unsigned char *out, size_t len)
 {
 	(void)p_rng;
+	int rc = rng_init();
+	if (rc != 0)
+		return rc;
 	return mbedtls_ctr_drbg_random(&drbg, out, len);
+}
+
+void rng_thread_free(void)
+{
+	if (!seeded)
+		return;
+	mbedtls_ctr_drbg_free(&drbg);
+	mbedtls_entropy_free(&entropy);
+	seeded = false;
 }

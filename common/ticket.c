@@ -57,6 +57,23 @@ done:
 	return rc;
 }
 
+int ticket_keys_random(struct ticket_keys **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	struct ticket_keys *k = calloc(1, sizeof *k);
+	if (k == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if (rng_random(NULL, k->master, sizeof k->master) != 0) {
+		snprintf(err, errlen, "the random generator failed");
+		free(k);
+		return -1;
+	}
+	*out = k;
+	return 0;
+}
+
 void ticket_keys_free(struct ticket_keys *k)
 {
 	if (k == NULL)

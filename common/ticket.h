@@ -28,6 +28,12 @@ struct ticket_keys;
 int ticket_keys_load(const char *path, struct ticket_keys **out, char *err,
     size_t errlen);
 
+/*
+ * A random secret that lives as long as the keys (one server, no file):
+ * the tickets are sealed statelessly, so any thread may use the keys.
+ */
+int ticket_keys_random(struct ticket_keys **out, char *err, size_t errlen);
+
 /* Wipe and free; NULL is a no-op. */
 void ticket_keys_free(struct ticket_keys *k);
 

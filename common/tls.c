@@ -10,6 +10,8 @@
 #include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509.h>
 
+#include <uv.h>
+
 #include "compat.h"
 #include "log.h"
 #include "rng.h"
@@ -30,7 +32,10 @@ struct tls_ctx {
 	bool resumption;
 	mbedtls_ssl_ticket_context ticket;	/* server role, own keys */
 	struct ticket_keys *shared_keys;	/* server role, ticket_key_file */
-	mbedtls_ssl_session cached;	/* client role: the last session */
+	/* Client role: the last session; workers share it under the lock. */
+	uv_mutex_t cache_lock;
+	bool lock_init;
+	mbedtls_ssl_session cached;
 	bool has_cached;
 };
 
@@ -163,6 +168,11 @@ static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 		mbedtls_ssl_conf_session_tickets_cb(&ctx->conf, ticket_write,
 		    ticket_parse, ctx->shared_keys);
 	} else if (ctx->role == CFG_SERVER) {
+#if defined(MBEDTLS_THREADING_C)
+		/*
+		 * mbedTLS's own ticket keys: random, rotated and forgotten
+		 * after two lifetimes; its mutex makes them safe for workers.
+		 */
 		rc = mbedtls_ssl_ticket_setup(&ctx->ticket, rng_random, NULL,
 		    MBEDTLS_CIPHER_AES_256_GCM, TICKET_LIFETIME_S);
 		if (rc != 0) {
@@ -173,8 +183,40 @@ static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 		mbedtls_ssl_conf_session_tickets_cb(&ctx->conf,
 		    mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
 		    &ctx->ticket);
+#else
+		/*
+		 * Without MBEDTLS_THREADING_C mbedtls_ssl_ticket has no lock:
+		 * seal with ticket.c's stateless keys from a random secret.
+		 */
+		char why[200];
+		if (ticket_keys_random(&ctx->shared_keys, why, sizeof why) != 0) {
+			snprintf(err, errlen, "[%s] session tickets: %s", t->name,
+			    why);
+			return -1;
+		}
+		mbedtls_ssl_conf_session_tickets_cb(&ctx->conf, ticket_write,
+		    ticket_parse, ctx->shared_keys);
+#endif
 	}
 	return 0;
+}
+
+/*
+ * mbedTLS builds an elliptic curve's table of base-point multiples the
+ * first time a key's group needs it and stores it in the group: two
+ * workers signing with the shared key at once would both write it. One
+ * verification (of a dummy signature: the outcome does not matter) builds
+ * it now, before any worker runs.
+ */
+static void ec_warm(mbedtls_pk_context *pk)
+{
+	static const unsigned char dummy_sig[] = {
+		0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01 };
+	unsigned char hash[32] = { 1 };
+	if (!mbedtls_pk_can_do(pk, MBEDTLS_PK_ECDSA))
+		return;
+	(void)mbedtls_pk_verify(pk, MBEDTLS_MD_SHA256, hash, sizeof hash,
+	    dummy_sig, sizeof dummy_sig);
 }
 
 int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
@@ -196,6 +238,9 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 	mbedtls_x509_crt_init(&ctx->ca);
 	mbedtls_ssl_ticket_init(&ctx->ticket);
 	mbedtls_ssl_session_init(&ctx->cached);
+	if (uv_mutex_init(&ctx->cache_lock) != 0)
+		goto fail_nomem;
+	ctx->lock_init = true;
 
 	if (load_crt(&ctx->own_crt, t, "cert", t->cert, err, errlen) != 0)
 		goto fail;
@@ -239,6 +284,10 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 	}
 	if (conf_setup(ctx, t, err, errlen) != 0)
 		goto fail;
+	ec_warm(&ctx->own_key);
+	for (mbedtls_x509_crt *c = &ctx->ca; ctx->has_ca && c != NULL;
+	    c = c->next)
+		ec_warm(&c->pk);
 	*out = ctx;
 	return 0;
 
@@ -260,6 +309,8 @@ void tls_ctx_free(struct tls_ctx *ctx)
 	mbedtls_ssl_ticket_free(&ctx->ticket);	/* zeroizes the ticket keys */
 	ticket_keys_free(ctx->shared_keys);
 	mbedtls_ssl_session_free(&ctx->cached);
+	if (ctx->lock_init)
+		uv_mutex_destroy(&ctx->cache_lock);
 	free(ctx->pins);
 	free(ctx->server_name);
 	free(ctx->sni);
@@ -344,10 +395,14 @@ enum tls_verdict tls_check_peer(mbedtls_ssl_context *ssl, struct tls_peer *peer)
 	return peer->verdict = TLS_PEER_OK;
 }
 
-void tls_session_resume(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl)
+void tls_session_resume(struct tls_ctx *ctx, mbedtls_ssl_context *ssl)
 {
-	if (ctx->role == CFG_CLIENT && ctx->resumption && ctx->has_cached)
+	if (ctx->role != CFG_CLIENT || !ctx->resumption)
+		return;
+	uv_mutex_lock(&ctx->cache_lock);
+	if (ctx->has_cached)
 		mbedtls_ssl_set_session(ssl, &ctx->cached);	/* a copy */
+	uv_mutex_unlock(&ctx->cache_lock);
 }
 
 void tls_session_save(struct tls_ctx *ctx, const mbedtls_ssl_context *ssl)
@@ -360,9 +415,11 @@ void tls_session_save(struct tls_ctx *ctx, const mbedtls_ssl_context *ssl)
 		mbedtls_ssl_session_free(&s);
 		return;
 	}
+	uv_mutex_lock(&ctx->cache_lock);
 	mbedtls_ssl_session_free(&ctx->cached);
 	ctx->cached = s;	/* the struct owns its heap parts: moved */
 	ctx->has_cached = true;
+	uv_mutex_unlock(&ctx->cache_lock);
 }
 
 bool tls_resumed(const struct tls_peer *peer)

@@ -77,7 +77,7 @@ enum tls_verdict tls_check_peer(mbedtls_ssl_context *ssl, struct tls_peer *peer)
  * tls_resumed: whether the handshake just completed was a resumption
  * (the verify callback did not run).
  */
-void tls_session_resume(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl);
+void tls_session_resume(struct tls_ctx *ctx, mbedtls_ssl_context *ssl);
 void tls_session_save(struct tls_ctx *ctx, const mbedtls_ssl_context *ssl);
 bool tls_resumed(const struct tls_peer *peer_before_check);
 
