@@ -343,6 +343,17 @@ static int set_user(const struct key *k, void *field, const char *v,
 	return set_path(k, field, v, why);
 }
 
+/* workers = auto | N: auto (0) is the number of cores, found at start. */
+static int set_workers(const struct key *k, void *field, const char *v,
+    char *why)
+{
+	if (strcmp(v, "auto") == 0) {
+		*(unsigned *)field = 0;
+		return 0;
+	}
+	return set_count(k, field, v, why);
+}
+
 static const struct key upseal_keys[] = {
 	KEY("log_level", set_log_level, offsetof(struct cfg, log_level),
 	    "error, warn, info or debug"),
@@ -356,6 +367,9 @@ static const struct key upseal_keys[] = {
 	    offsetof(struct cfg, status_allow_remote), "yes or no"),
 	KEY("user", set_user, offsetof(struct cfg, user),
 	    "a user name such as upseal"),
+	KEY("workers", set_workers, offsetof(struct cfg, workers),
+	    "auto or a number from 1 to " CFG_WORKERS_MAX_TEXT,
+	    .min = 1, .max = CFG_WORKERS_MAX),
 };
 
 /* Every default, in one place. */

@@ -18,6 +18,9 @@
 enum cfg_role { CFG_CLIENT, CFG_SERVER };
 
 #define CFG_NAME_MAX 64
+/* Event-loop threads at most (workers = N). */
+#define CFG_WORKERS_MAX 64
+#define CFG_WORKERS_MAX_TEXT "64"
 
 /* The AEAD suites a tunnel may offer (ECDHE-ECDSA, TLS 1.2 names). */
 enum cfg_cipher {
@@ -59,7 +62,8 @@ struct cfg {
 	struct addr status;		/* /metrics and /healthz */
 	bool status_allow_remote;	/* default false: loopback or unix */
 	char *user;			/* drop privileges to; NULL if not set */
-	unsigned refs;			/* cfg_hold / cfg_release; 1 after load */
+	unsigned workers;		/* event-loop threads; 0 = auto (cores) */
+	_Atomic unsigned refs;			/* cfg_hold / cfg_release; 1 after load */
 	struct cfg_tunnel *tunnels;	/* ntunnels entries (heap) */
 	size_t ntunnels;
 };

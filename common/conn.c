@@ -14,6 +14,12 @@
 #include "log.h"
 
 static _Atomic uint64_t next_conn_id;
+static _Atomic uint64_t open_conns;
+
+uint64_t conn_open_count(void)
+{
+	return atomic_load_explicit(&open_conns, memory_order_relaxed);
+}
 
 static void dial_next(struct conn *c);
 
@@ -75,6 +81,7 @@ static void conn_free(struct conn *c)
 	if (c->next != NULL)
 		c->next->prev = c->prev;
 	free(c);
+	atomic_fetch_sub_explicit(&open_conns, 1, memory_order_relaxed);
 	tunnel_conn_freed(t);
 }
 
@@ -116,6 +123,7 @@ static void log_conn_end(struct conn *c, const char *reason)
 		pin_format_short(&c->peer.pin, pin);
 	log_str(&l, "tunnel", conn_cfg(c)->name);
 	log_u64(&l, "id", c->id);
+	log_u64(&l, "worker", c->tun->worker);
 	log_str(&l, "peer", c->peer_text);
 	log_str(&l, "peer_pin", pin[0] ? pin : "-");
 	log_u64(&l, "plain_in", c->plain_in);
@@ -134,11 +142,11 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 	c->dropped = true;
 	log_conn_end(c, reason);
 	struct tunnel_stats *st = c->tun->stats;
-	st->closed[metrics_reason(reason)]++;
+	STAT_ADD(st->closed[metrics_reason(reason)], 1);
 	if (c->phase == PH_DIAL && (strcmp(reason, "connect_failed") == 0 ||
 	    strcmp(reason, "connect_timeout") == 0 ||
 	    strcmp(reason, "resolve_failed") == 0))
-		st->connect_failures++;
+		STAT_ADD(st->connect_failures, 1);
 
 	if (c->resolving)
 		uv_cancel((uv_req_t *)&c->gai);	/* its callback still runs */
@@ -236,7 +244,7 @@ static void handshake_failed(struct conn *c, const char *reason)
 {
 	struct log_line l;
 	char pin[PIN_TEXT_MAX];
-	c->tun->stats->hs_failed[metrics_reason(reason)]++;
+	STAT_ADD(c->tun->stats->hs_failed[metrics_reason(reason)], 1);
 	log_begin(&l, LOG_WARN, "handshake_failed");
 	log_str(&l, "tunnel", conn_cfg(c)->name);
 	log_u64(&l, "id", c->id);
@@ -472,15 +480,13 @@ static void describe_peer(struct conn *c, union stream *s)
 		snprintf(c->peer_text, sizeof c->peer_text, "unknown");
 }
 
-void conn_accept(struct tunnel *t)
+int conn_accept(struct tunnel *t)
 {
 	struct conn *c = calloc(1, sizeof *c);
 	if (c == NULL) {
-		/* Leave it pending; the next freed connection retries. */
-		t->accept_held = true;
 		log_msg(LOG_ERROR, "accept_failed", "tunnel %s: out of memory",
 		    tunnel_cfg(t)->name);
-		return;
+		return -1;
 	}
 	c->tun = t;
 	c->conf = tunnel_conf_hold(t->conf);
@@ -492,7 +498,8 @@ void conn_accept(struct tunnel *t)
 		t->conns->prev = c;
 	t->conns = c;
 	t->live++;
-	t->stats->accepted++;
+	atomic_fetch_add_explicit(&open_conns, 1, memory_order_relaxed);
+	STAT_ADD(t->stats->accepted, 1);
 
 	uv_timer_init(t->loop, &c->timer);
 	c->timer.data = c;
@@ -506,7 +513,7 @@ void conn_accept(struct tunnel *t)
 	if (rc != 0) {
 		conn_error_uv(c, "accept", rc);
 		conn_fail(c, "accept_failed", false);
-		return;
+		return 0;
 	}
 	s->h.data = c;
 	*open = true;
@@ -515,7 +522,7 @@ void conn_accept(struct tunnel *t)
 	if (rc != 0) {
 		conn_error_uv(c, "accept", rc);
 		conn_fail(c, "accept_failed", false);
-		return;
+		return 0;
 	}
 	describe_peer(c, s);
 	stream_tune(s, t->role == CFG_SERVER);
@@ -527,4 +534,5 @@ void conn_accept(struct tunnel *t)
 	} else {
 		tls_begin(c);
 	}
+	return 0;
 }

@@ -14,12 +14,13 @@
 #include "tunnel.h"
 
 /*
- * Accept one pending connection from t's listener and start serving it.
- * On failure (no memory, accept error) the pending connection is closed
- * and the reason logged. The conn is linked into t->conns and counted in
- * t->live until it is freed.
+ * Accept one pending connection from t's listener and start serving it,
+ * in a max_connections slot the caller took (the conn gives it back when
+ * freed). The conn is linked into t->conns and counted in t->live until it
+ * is freed; an accept error closes it with the reason logged. -1: no
+ * memory, the connection is left pending (and the slot is the caller's).
  */
-void conn_accept(struct tunnel *t);
+int conn_accept(struct tunnel *t);
 
 /*
  * End the connection for reason (a short snake_case word that becomes
@@ -28,6 +29,9 @@ void conn_accept(struct tunnel *t);
  * freed once the last close callback has run.
  */
 void conn_drop(struct conn *c, const char *reason);
+
+/* Connections open in this process now, on every worker. */
+uint64_t conn_open_count(void);
 
 /* Free this thread's recycled write buffers (at exit, for leak checks). */
 void conn_release_buffers(void);

@@ -2,8 +2,10 @@
 
 #include <errno.h>
 #include <grp.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,14 +33,74 @@ struct tunnel_set {
 	size_t n;
 };
 
+/*
+ * One entry of a plan: a section of the config, and either the running
+ * tunnel (by id) it keeps or the sockets and counters of a fresh one.
+ */
+struct plan_entry {
+	struct tunnel_conf *tc;		/* held */
+	uint64_t keep;			/* id of the tunnel kept, or 0 */
+	uint64_t tid;			/* the tunnel's id from now on */
+	bool renamed;			/* kept under a new name */
+	struct tunnel_stats *stats;	/* fresh: its counters (held) */
+	struct listen_fds fds;		/* fresh: one socket per worker */
+};
+
+/*
+ * What every worker runs to switch to a config (at start and on reload),
+ * built and bound on the main thread; shared, counted, read-only but for
+ * each worker taking its own sockets.
+ */
+struct plan {
+	_Atomic unsigned refs;
+	enum cfg_role role;
+	struct plan_entry *e;
+	size_t n;
+};
+
+enum msg_kind { MSG_APPLY, MSG_STOP, MSG_DROP };
+
+struct msg {
+	enum msg_kind kind;
+	struct plan *plan;		/* MSG_APPLY: held */
+	struct msg *next;
+};
+
+/*
+ * A worker: an event loop with its own copy of every tunnel (its own
+ * listening socket, its own connections). Worker 0 runs on the main
+ * thread's loop, next to the signals and the status endpoint; the others
+ * run on threads of their own and are told what to do through messages.
+ */
+struct worker {
+	struct daemon *d;
+	unsigned idx;
+	uv_loop_t *loop;
+	uv_loop_t own_loop;		/* workers 1..: their thread's */
+	struct tunnel_set active;
+	struct tunnel_set retiring;
+	bool stopping;
+	uv_thread_t thread;
+	uv_sem_t ready;
+	int start_err;
+	uv_async_t async;		/* wakes the worker's loop */
+	uv_mutex_t lock;		/* guards the queue and async_open */
+	bool async_open;
+	struct msg *head, *tail;
+	_Atomic bool resume;		/* a max_connections slot was freed */
+};
+
 struct daemon {
 	const char *prog;
 	const char *path;
 	enum cfg_role role;
 	struct cfg *cfg;		/* current (held) */
-	uv_loop_t loop;
-	struct tunnel_set active;
-	struct tunnel_set retiring;
+	uv_loop_t loop;			/* the main thread's, worker 0's */
+	struct worker *w;
+	unsigned nworkers;		/* configured */
+	unsigned nstarted;		/* running (worker 0 included) */
+	_Atomic unsigned running;	/* worker threads not yet finished */
+	uint64_t next_tid;
 	struct status *status;
 	uv_signal_t sig_term, sig_int, sig_hup;
 	uv_timer_t drain_timer;
@@ -97,6 +159,327 @@ static bool set_remove(struct tunnel_set *s, struct tunnel *t)
 	return false;
 }
 
+static struct tunnel *set_find(const struct tunnel_set *s, uint64_t id)
+{
+	for (size_t i = 0; i < s->n; i++)
+		if (s->t[i]->id == id)
+			return s->t[i];
+	return NULL;
+}
+
+/* ---- plans: what every worker runs after a start or a reload ---- */
+
+static void plan_release(struct plan *p)
+{
+	if (p == NULL || atomic_fetch_sub(&p->refs, 1) > 1)
+		return;
+	for (size_t i = 0; i < p->n; i++) {
+		struct plan_entry *e = &p->e[i];
+		tunnel_conf_release(e->tc);
+		tunnel_stats_release(e->stats);
+		/* Sockets a worker did not take (it failed): not the file. */
+		for (unsigned w = 0; w < e->fds.n; w++)
+			if (e->fds.fd[w] >= 0)
+				close(e->fds.fd[w]);
+	}
+	free(p->e);
+	free(p);
+}
+
+/* ---- workers ---- */
+
+static struct daemon *the_daemon;	/* for tunnel.c's waker */
+
+static void worker_maybe_done(struct worker *w);
+
+/* A stopped tunnel has no connection left: free it. */
+static void on_tunnel_empty(struct tunnel *t)
+{
+	struct worker *w = t->data;
+	if (!set_remove(&w->retiring, t))
+		set_remove(&w->active, t);
+	tunnel_free(t);
+	worker_maybe_done(w);
+}
+
+static void stop_tunnel(struct worker *w, struct tunnel *t)
+{
+	if (set_add(&w->retiring, t) != 0)
+		tunnel_drop_all(t, "nomem");
+	tunnel_stop(t, on_tunnel_empty);
+}
+
+/*
+ * Run plan p on worker w: reconfigure the tunnels it keeps, start the new
+ * ones on the sockets made for this worker, stop the rest. The same plan
+ * runs on every worker, so their tunnels stay copies of each other.
+ */
+static void worker_apply(struct worker *w, struct plan *p)
+{
+	struct tunnel_set next = { 0 };
+	for (size_t i = 0; i < p->n; i++) {
+		struct plan_entry *e = &p->e[i];
+		struct tunnel *t = e->keep ? set_find(&w->active, e->keep) : NULL;
+		char err[512];
+		if (t != NULL) {
+			tunnel_reconfigure(t, e->tc);
+			set_remove(&w->active, t);
+		} else if (e->fds.fd[w->idx] < 0 ||
+		    tunnel_start(w->loop, w->idx, e->tc, p->role, e->stats,
+		    &e->fds, &t, err, sizeof err) != 0) {
+			if (e->fds.fd[w->idx] < 0)
+				snprintf(err, sizeof err, "[%s] not running on this "
+				    "worker", e->tc->cfg->name);
+			struct log_line l;
+			log_begin(&l, LOG_ERROR, "worker_listen_failed");
+			log_u64(&l, "worker", w->idx);
+			log_str(&l, "error", err);
+			log_str(&l, "msg", "the other workers carry this tunnel");
+			log_end(&l);
+			continue;
+		}
+		t->id = e->tid;
+		t->data = w;
+		if (set_add(&next, t) != 0)
+			stop_tunnel(w, t);	/* cannot track it: stop, not lose it */
+	}
+	/* What is left was removed or moved: it drains. */
+	for (size_t i = 0; i < w->active.n; i++)
+		stop_tunnel(w, w->active.t[i]);
+	free(w->active.t);
+	w->active = next;
+}
+
+static void worker_stop(struct worker *w)
+{
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	/* tunnel_stop may call back at once: iterate over a copy. */
+	struct tunnel_set all = { 0 };
+	for (size_t i = 0; i < w->active.n; i++)
+		if (set_add(&all, w->active.t[i]) != 0)
+			tunnel_drop_all(w->active.t[i], "nomem");
+	for (size_t i = 0; i < all.n; i++)
+		tunnel_stop(all.t[i], on_tunnel_empty);
+	free(all.t);
+	worker_maybe_done(w);
+}
+
+static void worker_drop_all(struct worker *w, const char *reason)
+{
+	for (size_t i = 0; i < w->active.n; i++)
+		tunnel_drop_all(w->active.t[i], reason);
+	for (size_t i = 0; i < w->retiring.n; i++)
+		tunnel_drop_all(w->retiring.t[i], reason);
+}
+
+/* max_connections freed a slot: let held-back accepts try again. */
+static void worker_resume(struct worker *w)
+{
+	for (size_t i = 0; i < w->active.n; i++)
+		tunnel_resume_accept(w->active.t[i]);
+}
+
+static void main_maybe_finish(struct daemon *d);
+
+static void on_worker_async(uv_async_t *a)
+{
+	struct worker *w = a->data;
+	if (atomic_exchange(&w->resume, false))
+		worker_resume(w);
+	uv_mutex_lock(&w->lock);
+	struct msg *m = w->head;
+	w->head = w->tail = NULL;
+	uv_mutex_unlock(&w->lock);
+	while (m != NULL) {
+		struct msg *next = m->next;
+		switch (m->kind) {
+		case MSG_APPLY:
+			worker_apply(w, m->plan);
+			break;
+		case MSG_STOP:
+			worker_stop(w);
+			break;
+		case MSG_DROP:
+			worker_drop_all(w, "drain");
+			break;
+		}
+		plan_release(m->plan);
+		free(m);
+		m = next;
+	}
+	if (w->idx == 0)
+		main_maybe_finish(w->d);
+}
+
+/* Hand worker w (a thread) a message; a plan gains a reference. */
+static void worker_post(struct worker *w, enum msg_kind kind, struct plan *p)
+{
+	struct msg *m = calloc(1, sizeof *m);
+	if (m == NULL) {
+		log_msg(LOG_ERROR, "internal", "worker %u: out of memory: a "
+		    "message was lost", w->idx);
+		return;
+	}
+	m->kind = kind;
+	if (p != NULL) {
+		atomic_fetch_add(&p->refs, 1);
+		m->plan = p;
+	}
+	uv_mutex_lock(&w->lock);
+	if (w->async_open) {
+		if (w->tail != NULL)
+			w->tail->next = m;
+		else
+			w->head = m;
+		w->tail = m;
+		uv_async_send(&w->async);
+		m = NULL;
+	}
+	uv_mutex_unlock(&w->lock);
+	if (m != NULL) {	/* the worker has ended */
+		plan_release(m->plan);
+		free(m);
+	}
+}
+
+/* Run on every worker: worker 0 (this thread) now, the others queued. */
+static void workers_apply(struct daemon *d, struct plan *p)
+{
+	worker_apply(&d->w[0], p);
+	for (unsigned i = 1; i < d->nstarted; i++)
+		worker_post(&d->w[i], MSG_APPLY, p);
+}
+
+static void workers_stop(struct daemon *d)
+{
+	worker_stop(&d->w[0]);
+	for (unsigned i = 1; i < d->nstarted; i++)
+		worker_post(&d->w[i], MSG_STOP, NULL);
+}
+
+static void workers_drop_all(struct daemon *d)
+{
+	worker_drop_all(&d->w[0], "drain");
+	for (unsigned i = 1; i < d->nstarted; i++)
+		worker_post(&d->w[i], MSG_DROP, NULL);
+}
+
+/* tunnel.c: a connection ended; worker i may accept again. */
+static void wake_worker(unsigned i)
+{
+	struct daemon *d = the_daemon;
+	if (d == NULL || i >= d->nstarted)
+		return;
+	struct worker *w = &d->w[i];
+	atomic_store(&w->resume, true);
+	uv_mutex_lock(&w->lock);
+	if (w->async_open)
+		uv_async_send(&w->async);
+	uv_mutex_unlock(&w->lock);
+}
+
+static void worker_close_async(struct worker *w)
+{
+	uv_mutex_lock(&w->lock);
+	bool open = w->async_open;
+	w->async_open = false;
+	struct msg *m = w->head;
+	w->head = w->tail = NULL;
+	uv_mutex_unlock(&w->lock);
+	while (m != NULL) {
+		struct msg *next = m->next;
+		plan_release(m->plan);
+		free(m);
+		m = next;
+	}
+	if (open)
+		uv_close((uv_handle_t *)&w->async, NULL);
+}
+
+/* A stopping worker without tunnels is done: its loop may end. */
+static void worker_maybe_done(struct worker *w)
+{
+	if (!w->stopping || w->active.n != 0 || w->retiring.n != 0)
+		return;
+	if (w->idx == 0)
+		main_maybe_finish(w->d);
+	else
+		worker_close_async(w);
+}
+
+static void worker_thread(void *arg)
+{
+	struct worker *w = arg;
+	int rc = uv_loop_init(&w->own_loop);
+	if (rc == 0) {
+		rc = uv_async_init(&w->own_loop, &w->async, on_worker_async);
+		if (rc != 0)
+			uv_loop_close(&w->own_loop);
+	}
+	if (rc != 0) {
+		w->start_err = rc;
+		uv_sem_post(&w->ready);
+		return;
+	}
+	w->async.data = w;
+	w->loop = &w->own_loop;
+	char name[16];	/* for top -H and /proc/PID/task/TID/comm */
+	snprintf(name, sizeof name, "worker-%u", w->idx);
+	pthread_setname_np(pthread_self(), name);
+	w->async_open = true;
+	uv_sem_post(&w->ready);
+
+	uv_run(&w->own_loop, UV_RUN_DEFAULT);
+
+	free(w->active.t);
+	free(w->retiring.t);
+	w->active = w->retiring = (struct tunnel_set){ 0 };
+	conn_release_buffers();
+	rng_thread_free();
+	if (uv_loop_close(&w->own_loop) != 0)
+		log_msg(LOG_ERROR, "internal", "worker %u: event loop closed "
+		    "with handles still open", w->idx);
+	atomic_fetch_sub(&w->d->running, 1);
+	/* Joined by the main thread before it closes this async. */
+	uv_async_send(&w->d->w[0].async);
+}
+
+/*
+ * Start workers 1..n-1, each on its own thread and loop, and hand them
+ * plan p. On error returns -1 with err set; those started still run.
+ */
+static int workers_spawn(struct daemon *d, struct plan *p, char *err,
+    size_t errlen)
+{
+	for (unsigned i = 1; i < d->nworkers; i++) {
+		struct worker *w = &d->w[i];
+		if (uv_sem_init(&w->ready, 0) != 0) {
+			snprintf(err, errlen, "worker %u: cannot create a "
+			    "semaphore", i);
+			return -1;
+		}
+		atomic_fetch_add(&d->running, 1);
+		int rc = uv_thread_create(&w->thread, worker_thread, w);
+		if (rc == 0)
+			uv_sem_wait(&w->ready);
+		uv_sem_destroy(&w->ready);
+		if (rc == 0 && w->start_err == 0) {
+			d->nstarted = i + 1;
+			worker_post(w, MSG_APPLY, p);
+			continue;
+		}
+		if (rc == 0)
+			uv_thread_join(&w->thread);
+		atomic_fetch_sub(&d->running, 1);
+		snprintf(err, errlen, "worker %u: cannot start: %s", i,
+		    log_uverr(rc != 0 ? rc : w->start_err));
+		return -1;
+	}
+	return 0;
+}
+
 static void close_daemon_handles(struct daemon *d)
 {
 	if (!d->handles_open)
@@ -110,74 +493,55 @@ static void close_daemon_handles(struct daemon *d)
 	d->status = NULL;
 }
 
-/* A stopped tunnel has no connection left: free it. */
-static void on_tunnel_empty(struct tunnel *t)
+/*
+ * Stopping, and every worker has finished: join the threads, close what
+ * is left on the main loop, and let it end.
+ */
+static void main_maybe_finish(struct daemon *d)
 {
-	struct daemon *d = t->data;
-	if (!set_remove(&d->retiring, t))
-		set_remove(&d->active, t);
-	tunnel_free(t);
-	if (d->stopping && d->active.n == 0 && d->retiring.n == 0)
-		close_daemon_handles(d);
-}
-
-static void drop_all(struct tunnel_set *s, const char *reason)
-{
-	for (size_t i = 0; i < s->n; i++)
-		tunnel_drop_all(s->t[i], reason);
+	struct worker *w0 = &d->w[0];
+	if (!d->stopping || w0->active.n != 0 || w0->retiring.n != 0 ||
+	    atomic_load(&d->running) != 0)
+		return;
+	for (unsigned i = 1; i < d->nstarted; i++)
+		uv_thread_join(&d->w[i].thread);
+	d->nstarted = d->nstarted ? 1 : 0;
+	worker_close_async(w0);
+	close_daemon_handles(d);
 }
 
 static void on_drain_timeout(uv_timer_t *timer)
 {
 	struct daemon *d = timer->data;
-	unsigned left = 0;
-	for (size_t i = 0; i < d->active.n; i++)
-		left += d->active.t[i]->live;
-	for (size_t i = 0; i < d->retiring.n; i++)
-		left += d->retiring.t[i]->live;
 	struct log_line l;
 	log_begin(&l, LOG_WARN, "drain_timeout");
-	log_u64(&l, "connections", left);
+	log_u64(&l, "connections", conn_open_count());
 	log_str(&l, "msg", "closing the connections still open");
 	log_end(&l);
-	drop_all(&d->active, "drain");
-	drop_all(&d->retiring, "drain");
+	workers_drop_all(d);
 }
 
-/* Stop accepting everywhere; the loop ends when every tunnel is empty. */
+/* Stop accepting everywhere; the loops end when every tunnel is empty. */
 static void daemon_stop(struct daemon *d)
 {
 	d->stopping = true;
-	if (d->active.n == 0 && d->retiring.n == 0) {
-		close_daemon_handles(d);
-		return;
-	}
 	if (d->handles_open)
 		uv_timer_start(&d->drain_timer, on_drain_timeout,
 		    d->cfg->drain_timeout_ms, 0);
-	/* tunnel_stop may call back at once: iterate over a copy. */
-	struct tunnel_set all = { 0 };
-	for (size_t i = 0; i < d->active.n; i++)
-		if (set_add(&all, d->active.t[i]) != 0)
-			tunnel_drop_all(d->active.t[i], "nomem");
-	for (size_t i = 0; i < all.n; i++)
-		tunnel_stop(all.t[i], on_tunnel_empty);
-	free(all.t);
+	workers_stop(d);
+	main_maybe_finish(d);
 }
 
 /* ---- status endpoint ---- */
 
-/* Connections open under these counters, over current and retired tunnels. */
-static unsigned open_under(struct daemon *d, const struct tunnel_stats *st)
+/*
+ * The status endpoint runs on the main thread and sees worker 0's copy of
+ * each tunnel; the counters (and the open count in them) are shared by
+ * every worker's copy.
+ */
+static unsigned open_under(const struct tunnel_stats *st)
 {
-	unsigned n = 0;
-	for (size_t i = 0; i < d->active.n; i++)
-		if (d->active.t[i]->stats == st)
-			n += d->active.t[i]->live;
-	for (size_t i = 0; i < d->retiring.n; i++)
-		if (d->retiring.t[i]->stats == st)
-			n += d->retiring.t[i]->live;
-	return n;
+	return atomic_load(&st->open);
 }
 
 static bool counted(const struct metrics_tunnel *mt, size_t k,
@@ -191,7 +555,8 @@ static bool counted(const struct metrics_tunnel *mt, size_t k,
 
 static int render_metrics(struct daemon *d, struct sbuf *body)
 {
-	size_t n = d->active.n + d->retiring.n;
+	struct worker *w = &d->w[0];
+	size_t n = w->active.n + w->retiring.n;
 	struct metrics_tunnel *mt = calloc(n ? n : 1, sizeof *mt);
 	if (mt == NULL) {
 		body->failed = true;
@@ -203,18 +568,18 @@ static int render_metrics(struct daemon *d, struct sbuf *body)
 	 * reported (not listening) until its last connection ends.
 	 */
 	size_t k = 0;
-	for (size_t i = 0; i < d->active.n; i++) {
-		struct tunnel *t = d->active.t[i];
+	for (size_t i = 0; i < w->active.n; i++) {
+		struct tunnel *t = w->active.t[i];
 		mt[k++] = (struct metrics_tunnel){ .name = tunnel_cfg(t)->name,
-			.stats = t->stats, .open = open_under(d, t->stats),
+			.stats = t->stats, .open = open_under(t->stats),
 			.listening = t->listener_open && !t->stopping };
 	}
-	for (size_t i = 0; i < d->retiring.n; i++) {
-		struct tunnel *t = d->retiring.t[i];
+	for (size_t i = 0; i < w->retiring.n; i++) {
+		struct tunnel *t = w->retiring.t[i];
 		if (!counted(mt, k, t->stats))
 			mt[k++] = (struct metrics_tunnel){
 				.name = tunnel_cfg(t)->name, .stats = t->stats,
-				.open = open_under(d, t->stats), .listening = false };
+				.open = open_under(t->stats), .listening = false };
 	}
 	struct metrics_process p = {
 		.role = d->role == CFG_CLIENT ? "client" : "server",
@@ -239,10 +604,11 @@ static int render(void *arg, const char *path, struct sbuf *body,
 			sbuf_printf(body, "draining\n");
 			return 503;
 		}
-		for (size_t i = 0; i < d->active.n; i++) {
-			if (!d->active.t[i]->listener_open) {
+		struct worker *w = &d->w[0];
+		for (size_t i = 0; i < w->active.n; i++) {
+			if (!w->active.t[i]->listener_open) {
 				sbuf_printf(body, "tunnel %s is not listening\n",
-				    tunnel_cfg(d->active.t[i])->name);
+				    tunnel_cfg(w->active.t[i])->name);
 				return 503;
 			}
 		}
@@ -308,22 +674,24 @@ static bool claimed(struct tunnel *t, struct tunnel **keep, size_t n)
  * same name and listen text; else one, not yet taken, that listens where
  * the section asks (same text, or the address it is bound to), whatever
  * its name. Rebinding an address we hold would fail, and probing our own
- * unix socket would open a connection through it.
+ * unix socket would open a connection through it. Worker 0's copies stand
+ * for all: every worker runs the same plans.
  */
 static struct tunnel *find_reusable(struct daemon *d,
     const struct cfg_tunnel *nt, struct tunnel **keep, size_t nkeep)
 {
+	const struct tunnel_set *active = &d->w[0].active;
 	char want[ADDR_TEXT_MAX];
 	addr_format(&nt->listen, want, sizeof want);
-	for (size_t i = 0; i < d->active.n; i++) {
-		struct tunnel *t = d->active.t[i];
+	for (size_t i = 0; i < active->n; i++) {
+		struct tunnel *t = active->t[i];
 		const struct cfg_tunnel *ot = tunnel_cfg(t);
 		if (strcmp(ot->name, nt->name) == 0 && same_listen(ot, nt) &&
 		    !claimed(t, keep, nkeep))
 			return t;
 	}
-	for (size_t i = 0; i < d->active.n; i++) {
-		struct tunnel *t = d->active.t[i];
+	for (size_t i = 0; i < active->n; i++) {
+		struct tunnel *t = active->t[i];
 		if (claimed(t, keep, nkeep))
 			continue;
 		if (same_listen(tunnel_cfg(t), nt) ||
@@ -336,10 +704,93 @@ static struct tunnel *find_reusable(struct daemon *d,
 /* The running tunnel named name, if a reload is moving it elsewhere. */
 static struct tunnel *find_named(struct daemon *d, const char *name)
 {
-	for (size_t i = 0; i < d->active.n; i++)
-		if (strcmp(tunnel_cfg(d->active.t[i])->name, name) == 0)
-			return d->active.t[i];
+	const struct tunnel_set *active = &d->w[0].active;
+	for (size_t i = 0; i < active->n; i++)
+		if (strcmp(tunnel_cfg(active->t[i])->name, name) == 0)
+			return active->t[i];
 	return NULL;
+}
+
+/*
+ * Plan the switch to cfg, whose tunnel settings are tc (the plan takes
+ * them over): which running tunnel each section keeps, and for the others
+ * a fresh id, counters and listening sockets, bound here and now. All or
+ * nothing: on error err says what and where, and nothing is left bound.
+ */
+static struct plan *plan_build(struct daemon *d, struct cfg *cfg,
+    struct tunnel_conf **tc, char *err, size_t errlen)
+{
+	struct plan *p = calloc(1, sizeof *p);
+	struct tunnel **keep = calloc(cfg->ntunnels ? cfg->ntunnels : 1,
+	    sizeof *keep);
+	if (p != NULL)
+		p->e = calloc(cfg->ntunnels ? cfg->ntunnels : 1, sizeof *p->e);
+	if (p == NULL || keep == NULL || p->e == NULL) {
+		snprintf(err, errlen, "out of memory");
+		free(keep);
+		if (p != NULL)
+			free(p->e);
+		free(p);
+		for (size_t i = 0; i < cfg->ntunnels; i++)
+			tunnel_conf_release(tc[i]);
+		return NULL;
+	}
+	atomic_init(&p->refs, 1);
+	p->role = d->role;
+	p->n = cfg->ntunnels;
+	for (size_t i = 0; i < p->n; i++) {
+		p->e[i].tc = tc[i];
+		p->e[i].fds.n = 0;
+		keep[i] = find_reusable(d, &cfg->tunnels[i], keep, i);
+	}
+	bool failed = false;
+	for (size_t i = 0; i < p->n && !failed; i++) {
+		struct plan_entry *e = &p->e[i];
+		if (keep[i] != NULL) {
+			e->keep = e->tid = keep[i]->id;
+			e->renamed = strcmp(tunnel_cfg(keep[i])->name,
+			    cfg->tunnels[i].name) != 0;
+			continue;
+		}
+		e->tid = ++d->next_tid;
+		/* Moved to a new address: its counters carry on. */
+		struct tunnel *old = find_named(d, cfg->tunnels[i].name);
+		e->stats = old != NULL && !claimed(old, keep, p->n) ?
+		    tunnel_stats_hold(old->stats) : tunnel_stats_new();
+		if (e->stats == NULL) {
+			snprintf(err, errlen, "[%s] out of memory",
+			    cfg->tunnels[i].name);
+			failed = true;
+		} else if (listen_open(&cfg->tunnels[i], d->nworkers, &e->fds,
+		    err, errlen) != 0) {
+			failed = true;
+		}
+	}
+	free(keep);
+	if (failed) {
+		for (size_t i = 0; i < p->n; i++)
+			listen_close(&p->e[i].fds, &cfg->tunnels[i]);
+		plan_release(p);
+		return NULL;
+	}
+	return p;
+}
+
+/* Say where the new and renamed tunnels listen, once for all workers. */
+static void plan_log(struct daemon *d, const struct plan *p)
+{
+	for (size_t i = 0; i < p->n; i++) {
+		const struct plan_entry *e = &p->e[i];
+		if (!e->keep) {
+			tunnel_log_start(e->tc->cfg, d->role, e->fds.text);
+		} else if (e->renamed) {
+			/* The same listener, under its new name. */
+			struct tunnel *t = set_find(&d->w[0].active, e->keep);
+			if (t != NULL)
+				tunnel_log_start(e->tc->cfg, d->role,
+				    t->listen_text);
+		}
+	}
 }
 
 static int start_status(struct daemon *d, const struct cfg *cfg, char *err,
@@ -374,6 +825,17 @@ static void log_reload_failed(struct daemon *d, const char *err)
 	log_end(&l);
 }
 
+/* workers = auto: one per core the process may run on. */
+static unsigned workers_wanted(const struct cfg *cfg)
+{
+	unsigned n = cfg->workers;
+	if (n == 0)
+		n = uv_available_parallelism();
+	if (n < 1)
+		n = 1;
+	return n > CFG_WORKERS_MAX ? CFG_WORKERS_MAX : n;
+}
+
 /*
  * SIGHUP: load the file and every certificate and key it names, bind what
  * is new, and only then switch. Any failure on the way changes nothing.
@@ -392,91 +854,51 @@ static void reload(struct daemon *d)
 		cfg_release(cfg);
 		return;
 	}
-	/* Bind the tunnels that are new or listen elsewhere now. */
-	struct tunnel **fresh = calloc(cfg->ntunnels, sizeof *fresh);
-	struct tunnel **keep = calloc(cfg->ntunnels, sizeof *keep);
-	bool failed = fresh == NULL || keep == NULL;
-	if (failed)
-		snprintf(err, sizeof err, "out of memory");
-	for (size_t i = 0; i < cfg->ntunnels && !failed; i++)
-		keep[i] = find_reusable(d, &cfg->tunnels[i], keep, i);
-	for (size_t i = 0; i < cfg->ntunnels && !failed; i++) {
-		if (keep[i] != NULL)
-			continue;
-		if (tunnel_start(&d->loop, tc[i], d->role, &fresh[i], err,
-		    sizeof err) != 0) {
-			failed = true;
-			break;
-		}
-		fresh[i]->data = d;
-		/* Moved to a new address: its counters carry on. */
-		struct tunnel *old = find_named(d, cfg->tunnels[i].name);
-		if (old != NULL && !claimed(old, keep, cfg->ntunnels))
-			tunnel_share_stats(fresh[i], old);
+	struct plan *p = plan_build(d, cfg, tc, err, sizeof err);
+	free(tc);	/* the plan holds the settings now */
+	if (p == NULL) {
+		log_reload_failed(d, err);
+		cfg_release(cfg);
+		return;
 	}
 	struct status *old_status = NULL;
-	bool status_changed = !failed && !same_status(d->cfg, cfg);
+	bool status_changed = !same_status(d->cfg, cfg);
 	if (status_changed) {
 		old_status = d->status;
 		d->status = NULL;
 		if (start_status(d, cfg, err, sizeof err) != 0) {
-			failed = true;
 			d->status = old_status;
-			status_changed = false;
+			for (size_t i = 0; i < p->n; i++)
+				listen_close(&p->e[i].fds, &cfg->tunnels[i]);
+			plan_release(p);
+			cfg_release(cfg);
+			log_reload_failed(d, err);
+			return;
 		}
-	}
-	if (failed) {
-		for (size_t i = 0; fresh != NULL && i < cfg->ntunnels; i++) {
-			if (fresh[i] != NULL) {
-				set_add(&d->retiring, fresh[i]);
-				tunnel_stop(fresh[i], on_tunnel_empty);
-			}
-		}
-		free(fresh);
-		free(keep);
-		release_confs(tc, cfg->ntunnels);
-		cfg_release(cfg);
-		log_reload_failed(d, err);
-		return;
 	}
 
 	/* Commit: nothing below can fail in a way that needs undoing. */
 	if (status_changed)
 		status_stop(old_status);
-	struct tunnel_set next = { 0 };
-	size_t kept = 0, added = 0, removed = 0;
-	for (size_t i = 0; i < cfg->ntunnels; i++) {
-		struct tunnel *t = keep[i] ? keep[i] : fresh[i];
-		if (keep[i] != NULL) {
-			bool renamed = strcmp(tunnel_cfg(keep[i])->name,
-			    cfg->tunnels[i].name) != 0;
-			tunnel_reconfigure(keep[i], tc[i]);
-			if (renamed)	/* the same listener, under its new name */
-				tunnel_log_listening(keep[i]);
-			set_remove(&d->active, keep[i]);
+	size_t kept = 0, added = 0;
+	for (size_t i = 0; i < p->n; i++) {
+		if (p->e[i].keep)
 			kept++;
-		} else {
+		else
 			added++;
-		}
-		if (set_add(&next, t) != 0) {
-			/* Cannot track it: stop it rather than lose it. */
-			set_add(&d->retiring, t);
-			tunnel_stop(t, on_tunnel_empty);
-		}
 	}
-	/* What is left of the old set was removed or moved: drain it. */
-	for (size_t i = 0; i < d->active.n; i++) {
-		struct tunnel *t = d->active.t[i];
-		removed++;
-		if (set_add(&d->retiring, t) != 0)
-			tunnel_drop_all(t, "nomem");
-		tunnel_stop(t, on_tunnel_empty);
+	size_t removed = d->w[0].active.n - kept;
+	plan_log(d, p);
+	workers_apply(d, p);
+	plan_release(p);
+	if (workers_wanted(cfg) != d->nworkers) {
+		struct log_line l;
+		log_begin(&l, LOG_WARN, "workers_unchanged");
+		log_u64(&l, "running", d->nworkers);
+		log_u64(&l, "configured", workers_wanted(cfg));
+		log_str(&l, "msg", "the number of workers changes at restart");
+		log_end(&l);
 	}
-	free(d->active.t);
-	d->active = next;
-	free(fresh);
-	free(keep);
-	release_confs(tc, cfg->ntunnels);	/* tunnels hold their own */
 	cfg_release(d->cfg);
 	d->cfg = cfg;
 	log_setup(cfg->log_level, cfg->log_json);
@@ -519,6 +941,11 @@ static void on_signal(uv_signal_t *s, int signum)
 
 static int start_handles(struct daemon *d)
 {
+	struct worker *w0 = &d->w[0];
+	if (uv_async_init(&d->loop, &w0->async, on_worker_async) != 0)
+		return -1;
+	w0->async.data = w0;
+	w0->async_open = true;
 	uv_signal_init(&d->loop, &d->sig_term);
 	uv_signal_init(&d->loop, &d->sig_int);
 	uv_signal_init(&d->loop, &d->sig_hup);
@@ -640,41 +1067,41 @@ static void start(struct daemon *d)
 		start_failed(d, err);
 		return;
 	}
-	for (size_t i = 0; i < d->cfg->ntunnels; i++) {
-		struct tunnel *t;
-		if (tunnel_start(&d->loop, tc[i], d->role, &t, err,
-		    sizeof err) != 0) {
-			release_confs(tc, d->cfg->ntunnels);
-			start_failed(d, err);
-			return;
-		}
-		t->data = d;
-		if (set_add(&d->active, t) != 0) {
-			set_add(&d->retiring, t);	/* may fail too: */
-			tunnel_stop(t, on_tunnel_empty);
-			release_confs(tc, d->cfg->ntunnels);
-			start_failed(d, "out of memory");
-			return;
-		}
+	struct plan *p = plan_build(d, d->cfg, tc, err, sizeof err);
+	free(tc);	/* the plan holds the settings now */
+	if (p == NULL) {
+		start_failed(d, err);
+		return;
 	}
-	release_confs(tc, d->cfg->ntunnels);
+	plan_log(d, p);
+	worker_apply(&d->w[0], p);
 	if (d->role == CFG_SERVER)
 		audit_warn(d);
 	if (start_status(d, d->cfg, err, sizeof err) != 0) {
+		plan_release(p);
 		start_failed(d, err);
 		return;
 	}
 	if (d->cfg->user != NULL) {
 		if (drop_privileges(d->cfg->user, err, sizeof err) != 0) {
+			plan_release(p);
 			start_failed(d, err);
 			return;
 		}
 		d->dropped_privileges = true;
 	}
+	/* The other workers start as the user, with the same tunnels. */
+	int rc = workers_spawn(d, p, err, sizeof err);
+	plan_release(p);
+	if (rc != 0) {
+		start_failed(d, err);
+		return;
+	}
 	struct log_line l;
 	log_begin(&l, LOG_INFO, "ready");
 	log_str(&l, "role", d->role == CFG_CLIENT ? "client" : "server");
 	log_u64(&l, "tunnels", d->cfg->ntunnels);
+	log_u64(&l, "workers", d->nworkers);
 	log_str(&l, "version", UPSEAL_VERSION);
 	if (d->cfg->user != NULL)
 		log_str(&l, "user", d->cfg->user);
@@ -683,16 +1110,42 @@ static void start(struct daemon *d)
 
 static int run(struct daemon *d)
 {
-	if (uv_loop_init(&d->loop) != 0) {
+	d->nworkers = workers_wanted(d->cfg);
+	d->w = calloc(d->nworkers, sizeof *d->w);
+	if (d->w == NULL || uv_loop_init(&d->loop) != 0) {
 		fprintf(stderr, "%s: cannot set up the event loop\n", d->prog);
+		free(d->w);
 		return 1;
 	}
+	for (unsigned i = 0; i < d->nworkers; i++) {
+		struct worker *w = &d->w[i];
+		w->d = d;
+		w->idx = i;
+		w->loop = i == 0 ? &d->loop : NULL;
+		if (uv_mutex_init(&w->lock) != 0) {
+			fprintf(stderr, "%s: cannot create a lock\n", d->prog);
+			for (unsigned j = 0; j < i; j++)
+				uv_mutex_destroy(&d->w[j].lock);
+			free(d->w);
+			uv_loop_close(&d->loop);
+			return 1;
+		}
+	}
+	d->nstarted = 1;
+	the_daemon = d;
+	tunnel_set_waker(wake_worker);
 	start(d);
 	uv_run(&d->loop, UV_RUN_DEFAULT);
 
-	free(d->active.t);
-	free(d->retiring.t);
+	tunnel_set_waker(NULL);
+	the_daemon = NULL;
+	free(d->w[0].active.t);
+	free(d->w[0].retiring.t);
+	for (unsigned i = 0; i < d->nworkers; i++)
+		uv_mutex_destroy(&d->w[i].lock);
+	free(d->w);
 	conn_release_buffers();
+	rng_thread_free();
 	int rc = uv_loop_close(&d->loop);
 	if (rc != 0) {
 		log_msg(LOG_ERROR, "internal", "event loop closed with handles "

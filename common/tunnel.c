@@ -1,6 +1,8 @@
 #include "tunnel.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,34 +17,102 @@
 
 #define LISTEN_BACKLOG 511
 
+static void (*waker)(unsigned worker);
+
+void tunnel_set_waker(void (*wake)(unsigned worker))
+{
+	waker = wake;
+}
+
+static bool under_limit(const struct tunnel *t)
+{
+	return atomic_load(&t->stats->open) < tunnel_cfg(t)->max_connections;
+}
+
+/*
+ * Take one of the tunnel's max_connections slots (counted over every
+ * worker) for a connection about to be accepted; false if none is free.
+ * The connection gives it back when it is freed (tunnel_conn_freed).
+ */
+static bool take_slot(struct tunnel *t)
+{
+	unsigned max = tunnel_cfg(t)->max_connections;
+	unsigned cur = atomic_load(&t->stats->open);
+	while (cur < max)
+		if (atomic_compare_exchange_weak(&t->stats->open, &cur, cur + 1))
+			return true;
+	return false;
+}
+
+/* Accept the pending connection into a slot taken for it. */
+static void accept_into_slot(struct tunnel *t)
+{
+	if (conn_accept(t) != 0) {
+		/* Left pending (no memory): the slot goes back. */
+		atomic_fetch_sub(&t->stats->open, 1);
+		t->accept_held = true;
+		atomic_fetch_or(&t->stats->held, (uint64_t)1 << t->worker);
+	}
+}
+
+/*
+ * Not calling uv_accept makes libuv stop polling the listener until we
+ * do: new connections wait in the kernel's backlog. The limit counts the
+ * tunnel's connections on every worker, so a worker that holds back sets
+ * its bit in the shared counters, for whichever worker frees a slot to
+ * wake it; it looks again after setting the bit, so a slot freed between
+ * the two is not missed.
+ */
+void tunnel_resume_accept(struct tunnel *t)
+{
+	if (!t->accept_held || t->stopping || !t->listener_open)
+		return;
+	if (!take_slot(t)) {
+		atomic_fetch_or(&t->stats->held, (uint64_t)1 << t->worker);
+		if (!take_slot(t))
+			return;
+	}
+	t->accept_held = false;
+	accept_into_slot(t);
+}
+
+static void hold_accept(struct tunnel *t)
+{
+	if (!t->accept_held) {
+		struct log_line l;
+		log_begin(&l, LOG_WARN, "max_connections");
+		log_str(&l, "tunnel", tunnel_cfg(t)->name);
+		log_u64(&l, "limit", tunnel_cfg(t)->max_connections);
+		log_str(&l, "msg", "accepting paused until a connection ends");
+		log_end(&l);
+	}
+	t->accept_held = true;
+	tunnel_resume_accept(t);
+}
+
+static void check_empty(struct tunnel *t);
+static void pause_listener(struct tunnel *t, int status);
+
 static void on_connection(uv_stream_t *server, int status)
 {
 	struct tunnel *t = server->data;
+	if (status == UV_EMFILE || status == UV_ENFILE) {
+		pause_listener(t, status);
+		return;
+	}
 	if (status < 0) {
-		/* EMFILE and friends: libuv sheds the connection; say so. */
 		log_msg(LOG_WARN, "accept_error", "tunnel %s: %s", tunnel_cfg(t)->name,
 		    log_uverr(status));
 		return;
 	}
+	t->pause_ms = 0;
 	if (t->stopping)
 		return;
-	if (t->live >= tunnel_cfg(t)->max_connections) {
-		/*
-		 * Not calling uv_accept makes libuv stop polling the listener
-		 * until we do: new connections wait in the kernel's backlog.
-		 */
-		if (!t->accept_held) {
-			struct log_line l;
-			log_begin(&l, LOG_WARN, "max_connections");
-			log_str(&l, "tunnel", tunnel_cfg(t)->name);
-			log_u64(&l, "limit", tunnel_cfg(t)->max_connections);
-			log_str(&l, "msg", "accepting paused until a connection ends");
-			log_end(&l);
-		}
-		t->accept_held = true;
+	if (!take_slot(t)) {
+		hold_accept(t);
 		return;
 	}
-	conn_accept(t);
+	accept_into_slot(t);
 }
 
 /*
@@ -77,34 +147,89 @@ static int unix_path_free(const char *path, char *err, size_t errlen,
 	return 0;
 }
 
-static int listen_unix(struct tunnel *t, char *err, size_t errlen)
+static int sock_error(char *err, size_t errlen, const struct cfg_tunnel *cfg,
+    const char *text, int fd)
 {
-	const struct addr *a = &tunnel_cfg(t)->listen;
-	if (unix_path_free(a->path, err, errlen, tunnel_cfg(t)->name) != 0)
+	int e = errno;
+	snprintf(err, errlen, "[%s] listen %s: %s", cfg->name, text,
+	    log_uverr(-e));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+static int listen_unix(const struct cfg_tunnel *cfg, unsigned n,
+    struct listen_fds *out, char *err, size_t errlen)
+{
+	const char *path = cfg->listen.path;
+	char text[ADDR_TEXT_MAX];
+	snprintf(text, sizeof text, "unix:%s", path);
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof sun.sun_path) {
+		snprintf(err, errlen, "[%s] listen %s: the path is too long",
+		    cfg->name, text);
 		return -1;
-	int rc = uv_pipe_init(t->loop, &t->listener.pipe, 0);
-	if (rc == 0) {
-		t->listener_open = true;
-		rc = uv_pipe_bind(&t->listener.pipe, a->path);
 	}
-	if (rc != 0) {
-		snprintf(err, errlen, "[%s] listen unix:%s: %s", tunnel_cfg(t)->name,
-		    a->path, log_uverr(rc));
+	if (unix_path_free(path, err, errlen, cfg->name) != 0)
+		return -1;
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return sock_error(err, errlen, cfg, text, -1);
+	if (bind(fd, (struct sockaddr *)&sun, sizeof sun) != 0)
+		return sock_error(err, errlen, cfg, text, fd);
+	if (listen(fd, LISTEN_BACKLOG) != 0) {
+		sock_error(err, errlen, cfg, text, fd);
+		unlink(path);
 		return -1;
 	}
-	snprintf(t->listen_text, sizeof t->listen_text, "unix:%s", a->path);
+	/* One socket: every worker polls a duplicate of it. */
+	out->fd[0] = fd;
+	snprintf(out->text, sizeof out->text, "%s", text);
+	for (unsigned w = 1; w < n; w++) {
+		out->fd[w] = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (out->fd[w] < 0) {
+			sock_error(err, errlen, cfg, text, -1);
+			listen_close(out, cfg);
+			return -1;
+		}
+	}
 	return 0;
 }
 
-static int listen_tcp(struct tunnel *t, char *err, size_t errlen)
+static int tcp_socket(const struct sockaddr *sa, socklen_t len,
+    bool reuseport, bool do_listen)
 {
-	const struct addr *a = &tunnel_cfg(t)->listen;
+	int on = 1;
+	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
+	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on,
+	    sizeof on) != 0) ||
+	    bind(fd, sa, len) != 0 ||
+	    (do_listen && listen(fd, LISTEN_BACKLOG) != 0)) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+static int listen_tcp(const struct cfg_tunnel *cfg, unsigned n,
+    struct listen_fds *out, char *err, size_t errlen)
+{
+	const struct addr *a = &cfg->listen;
 	char text[ADDR_TEXT_MAX];
 	struct addrinfo *res = NULL;
-	const struct sockaddr *sa = (const struct sockaddr *)&a->sa;
+	struct sockaddr_storage ss;
+	socklen_t len;
 
 	addr_format(a, text, sizeof text);
-	if (!a->numeric) {
+	if (a->numeric) {
+		memcpy(&ss, &a->sa, sizeof ss);
+	} else {
 		char port[8];
 		struct addrinfo hints = { .ai_family = AF_UNSPEC,
 			.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
@@ -112,35 +237,74 @@ static int listen_tcp(struct tunnel *t, char *err, size_t errlen)
 		int gai = getaddrinfo(a->host, port, &hints, &res);
 		if (gai != 0) {
 			snprintf(err, errlen, "[%s] listen %s: cannot resolve: %s",
-			    tunnel_cfg(t)->name, text, gai_strerror(gai));
+			    cfg->name, text, gai_strerror(gai));
 			return -1;
 		}
-		sa = res->ai_addr;
-	}
-	int rc = uv_tcp_init(t->loop, &t->listener.tcp);
-	if (rc == 0) {
-		t->listener_open = true;
-		rc = uv_tcp_bind(&t->listener.tcp, sa, 0);
-	}
-	if (res != NULL)
+		memcpy(&ss, res->ai_addr, res->ai_addrlen);
 		freeaddrinfo(res);
-	if (rc != 0) {
-		snprintf(err, errlen, "[%s] listen %s: %s", tunnel_cfg(t)->name, text,
-		    log_uverr(rc));
-		return -1;
 	}
+	len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) :
+	    sizeof(struct sockaddr_in);
+	if (n > 1) {
+		/*
+		 * SO_REUSEPORT would let us join a socket another process
+		 * (of the same user) listens on. A plain bind first finds out
+		 * whether the address is taken, and which port 0 becomes.
+		 */
+		int probe = tcp_socket((struct sockaddr *)&ss, len, false, false);
+		if (probe < 0)
+			return sock_error(err, errlen, cfg, text, -1);
+		socklen_t blen = sizeof ss;
+		int rc = getsockname(probe, (struct sockaddr *)&ss, &blen);
+		close(probe);
+		if (rc != 0)
+			return sock_error(err, errlen, cfg, text, -1);
+	}
+	for (unsigned w = 0; w < n; w++) {
+		out->fd[w] = tcp_socket((struct sockaddr *)&ss, len, n > 1, true);
+		if (out->fd[w] < 0) {
+			sock_error(err, errlen, cfg, text, -1);
+			listen_close(out, cfg);
+			return -1;
+		}
+		if (w == 0 && n == 1) {
+			socklen_t blen = sizeof ss;
+			if (getsockname(out->fd[0], (struct sockaddr *)&ss,
+			    &blen) != 0) {
+				sock_error(err, errlen, cfg, text, -1);
+				listen_close(out, cfg);
+				return -1;
+			}
+		}
+	}
+	addr_format_sockaddr((struct sockaddr *)&ss, out->text, sizeof out->text);
 	return 0;
 }
 
-static void bound_name(struct tunnel *t)
+int listen_open(const struct cfg_tunnel *cfg, unsigned n,
+    struct listen_fds *out, char *err, size_t errlen)
 {
-	struct sockaddr_storage ss;
-	int len = sizeof ss;
-	if (t->listener.h.type != UV_TCP)
-		return;
-	if (uv_tcp_getsockname(&t->listener.tcp, (struct sockaddr *)&ss, &len) == 0)
-		addr_format_sockaddr((struct sockaddr *)&ss, t->listen_text,
-		    sizeof t->listen_text);
+	out->n = n;
+	for (unsigned w = 0; w < CFG_WORKERS_MAX; w++)
+		out->fd[w] = -1;
+	out->text[0] = 0;
+	return cfg->listen.kind == ADDR_UNIX ?
+	    listen_unix(cfg, n, out, err, errlen) :
+	    listen_tcp(cfg, n, out, err, errlen);
+}
+
+void listen_close(struct listen_fds *l, const struct cfg_tunnel *cfg)
+{
+	bool any = false;
+	for (unsigned w = 0; w < l->n; w++) {
+		if (l->fd[w] >= 0) {
+			close(l->fd[w]);
+			l->fd[w] = -1;
+			any = true;
+		}
+	}
+	if (any && cfg->listen.kind == ADDR_UNIX && l->text[0])
+		unlink(cfg->listen.path);
 }
 
 struct tunnel_conf *tunnel_conf_new(struct cfg *owner,
@@ -164,30 +328,37 @@ struct tunnel_conf *tunnel_conf_new(struct cfg *owner,
 
 struct tunnel_conf *tunnel_conf_hold(struct tunnel_conf *tc)
 {
-	tc->refs++;
+	atomic_fetch_add(&tc->refs, 1);
 	return tc;
 }
 
 void tunnel_conf_release(struct tunnel_conf *tc)
 {
-	if (tc == NULL || --tc->refs > 0)
+	if (tc == NULL || atomic_fetch_sub(&tc->refs, 1) > 1)
 		return;
 	tls_ctx_free(tc->tls);
 	cfg_release(tc->owner);
 	free(tc);
 }
 
-static void stats_release(struct tunnel_stats *s)
+struct tunnel_stats *tunnel_stats_new(void)
 {
-	if (s != NULL && --s->refs == 0)
-		free(s);
+	struct tunnel_stats *st = calloc(1, sizeof *st);
+	if (st != NULL)
+		atomic_init(&st->refs, 1);
+	return st;
 }
 
-void tunnel_share_stats(struct tunnel *t, struct tunnel *other)
+struct tunnel_stats *tunnel_stats_hold(struct tunnel_stats *st)
 {
-	stats_release(t->stats);
-	t->stats = other->stats;
-	t->stats->refs++;
+	atomic_fetch_add(&st->refs, 1);
+	return st;
+}
+
+void tunnel_stats_release(struct tunnel_stats *st)
+{
+	if (st != NULL && atomic_fetch_sub(&st->refs, 1) == 1)
+		free(st);
 }
 
 static void on_listener_closed_free(uv_handle_t *h)
@@ -195,48 +366,148 @@ static void on_listener_closed_free(uv_handle_t *h)
 	struct tunnel *t = h->data;
 	t->listener_open = false;
 	tunnel_conf_release(t->conf);
-	stats_release(t->stats);
+	tunnel_stats_release(t->stats);
 	free(t);
 }
 
-int tunnel_start(uv_loop_t *loop, struct tunnel_conf *conf,
-    enum cfg_role role, struct tunnel **out, char *err, size_t errlen)
+/* Make t's listener poll socket fd (which it takes over); libuv code. */
+static int listener_open(struct tunnel *t, int fd)
+{
+	bool unix_socket = tunnel_cfg(t)->listen.kind == ADDR_UNIX;
+	int rc = unix_socket ? uv_pipe_init(t->loop, &t->listener.pipe, 0) :
+	    uv_tcp_init(t->loop, &t->listener.tcp);
+	if (rc != 0) {
+		close(fd);
+		return rc;
+	}
+	t->listener_open = true;
+	t->listener.h.data = t;
+	rc = unix_socket ? uv_pipe_open(&t->listener.pipe, fd) :
+	    uv_tcp_open(&t->listener.tcp, fd);
+	if (rc != 0) {
+		close(fd);
+		return rc;
+	}
+	return uv_listen(&t->listener.s, LISTEN_BACKLOG, on_connection);
+}
+
+static void on_listener_paused(uv_handle_t *h);
+
+static void on_pause_timer(uv_timer_t *timer)
+{
+	struct tunnel *t = timer->data;
+	if (t->stopping)
+		return;
+	int fd = fcntl(t->spare_fd, F_DUPFD_CLOEXEC, 0);
+	int rc = fd < 0 ? -errno : listener_open(t, fd);
+	if (rc != 0) {
+		t->pause_ms = t->pause_ms * 2 > 2000 ? 2000 : t->pause_ms * 2;
+		if (t->listener_open) {	/* half set up: close, retry later */
+			t->listener_open = false;
+			t->listener_closing = true;
+			uv_close(&t->listener.h, on_listener_paused);
+		} else {
+			uv_timer_start(&t->pause_timer, on_pause_timer,
+			    t->pause_ms, 0);
+		}
+		return;
+	}
+	struct log_line l;
+	log_begin(&l, LOG_INFO, "accept_resumed");
+	log_str(&l, "tunnel", tunnel_cfg(t)->name);
+	log_end(&l);
+}
+
+static void on_listener_paused(uv_handle_t *h)
+{
+	struct tunnel *t = h->data;
+	t->listener_closing = false;
+	if (t->stopping)
+		check_empty(t);
+	else
+		uv_timer_start(&t->pause_timer, on_pause_timer, t->pause_ms, 0);
+}
+
+static void pause_listener(struct tunnel *t, int status)
+{
+	if (t->spare_fd < 0 || !t->listener_open) {
+		log_msg(LOG_WARN, "accept_error", "tunnel %s: %s",
+		    tunnel_cfg(t)->name, log_uverr(status));
+		return;
+	}
+	if (!t->pause_timer_open) {
+		uv_timer_init(t->loop, &t->pause_timer);
+		t->pause_timer.data = t;
+		t->pause_timer_open = true;
+	}
+	t->pause_ms = t->pause_ms == 0 ? 100 :
+	    t->pause_ms * 2 > 2000 ? 2000 : t->pause_ms * 2;
+	struct log_line l;
+	log_begin(&l, LOG_WARN, "accept_paused");
+	log_str(&l, "tunnel", tunnel_cfg(t)->name);
+	log_str(&l, "error", log_uverr(status));
+	log_u64(&l, "retry_ms", t->pause_ms);
+	log_str(&l, "msg", "out of file descriptors: new connections wait "
+	    "in the backlog");
+	log_end(&l);
+	t->listener_open = false;
+	t->listener_closing = true;
+	uv_close(&t->listener.h, on_listener_paused);
+}
+
+int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
+    enum cfg_role role, struct tunnel_stats *stats, struct listen_fds *l,
+    struct tunnel **out, char *err, size_t errlen)
 {
 	const struct cfg_tunnel *cfg = conf->cfg;
+	int fd = l->fd[worker];
 	*out = NULL;
 	struct tunnel *t = calloc(1, sizeof *t);
 	if (t == NULL) {
 		snprintf(err, errlen, "[%s] out of memory", cfg->name);
 		return -1;
 	}
-	t->stats = calloc(1, sizeof *t->stats);
-	if (t->stats == NULL) {
-		snprintf(err, errlen, "[%s] out of memory", cfg->name);
-		free(t);
-		return -1;
-	}
-	t->stats->refs = 1;
+	l->fd[worker] = -1;
 	t->loop = loop;
+	t->worker = worker;
 	t->conf = tunnel_conf_hold(conf);
+	t->stats = tunnel_stats_hold(stats);
 	t->role = role;
+	t->owns_path = worker == 0;
+	t->spare_fd = -1;
+	snprintf(t->listen_text, sizeof t->listen_text, "%s", l->text);
 	t->listener.h.data = t;
 
-	int rc = cfg->listen.kind == ADDR_UNIX ? listen_unix(t, err, errlen) :
-	    listen_tcp(t, err, errlen);
+	int rc = listener_open(t, fd);
 	if (rc != 0)
 		goto fail;
-	t->listener.h.data = t;
-	rc = uv_listen(&t->listener.s, LISTEN_BACKLOG, on_connection);
-	if (rc != 0) {
-		char text[ADDR_TEXT_MAX];
-		addr_format(&cfg->listen, text, sizeof text);
-		snprintf(err, errlen, "[%s] listen %s: %s", cfg->name, text,
-		    log_uverr(rc));
-		goto fail;
+	/* No spare (no descriptor left): libuv's own reserve must do. */
+	t->spare_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	*out = t;
+	return 0;
+
+fail:
+	snprintf(err, errlen, "[%s] listen %s: %s", cfg->name, l->text,
+	    log_uverr(rc));
+	if (t->listener_open) {
+		uv_close(&t->listener.h, on_listener_closed_free);
+		return -1;
 	}
-	bound_name(t);
-	tunnel_log_listening(t);
+	tunnel_conf_release(t->conf);
+	tunnel_stats_release(t->stats);
+	free(t);
+	return -1;
+}
+
+void tunnel_log_start(const struct cfg_tunnel *cfg, enum cfg_role role,
+    const char *bound)
+{
 	struct log_line l;
+	log_begin(&l, LOG_INFO, "listening");
+	log_str(&l, "tunnel", cfg->name);
+	log_str(&l, "role", role == CFG_CLIENT ? "client" : "server");
+	log_str(&l, "addr", bound);
+	log_end(&l);
 	const struct addr *plain = role == CFG_CLIENT ? &cfg->listen : &cfg->connect;
 	if (cfg->allow_remote && !addr_is_loopback(plain)) {
 		char text[ADDR_TEXT_MAX];
@@ -248,18 +519,6 @@ int tunnel_start(uv_loop_t *loop, struct tunnel_conf *conf,
 		    "host (allow_remote = yes): traffic there is not protected");
 		log_end(&l);
 	}
-	*out = t;
-	return 0;
-
-fail:
-	if (t->listener_open) {
-		uv_close(&t->listener.h, on_listener_closed_free);
-		return -1;
-	}
-	tunnel_conf_release(t->conf);
-	stats_release(t->stats);
-	free(t);
-	return -1;
 }
 
 void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf)
@@ -268,26 +527,13 @@ void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf)
 	t->conf = tunnel_conf_hold(conf);
 	tunnel_conf_release(old);
 	/* A raised max_connections lets a held connection in. */
-	if (t->accept_held && !t->stopping &&
-	    t->live < tunnel_cfg(t)->max_connections) {
-		t->accept_held = false;
-		conn_accept(t);
-	}
-}
-
-void tunnel_log_listening(const struct tunnel *t)
-{
-	struct log_line l;
-	log_begin(&l, LOG_INFO, "listening");
-	log_str(&l, "tunnel", tunnel_cfg(t)->name);
-	log_str(&l, "role", t->role == CFG_CLIENT ? "client" : "server");
-	log_str(&l, "addr", t->listen_text);
-	log_end(&l);
+	tunnel_resume_accept(t);
 }
 
 static void check_empty(struct tunnel *t)
 {
-	if (t->stopping && t->live == 0 && !t->listener_open && t->on_empty) {
+	if (t->stopping && t->live == 0 && !t->listener_open &&
+	    !t->listener_closing && !t->pause_timer_open && t->on_empty) {
 		void (*cb)(struct tunnel *) = t->on_empty;
 		t->on_empty = NULL;
 		cb(t);
@@ -297,7 +543,14 @@ static void check_empty(struct tunnel *t)
 static void on_listener_closed(uv_handle_t *h)
 {
 	struct tunnel *t = h->data;
-	t->listener_open = false;
+	t->listener_closing = false;
+	check_empty(t);
+}
+
+static void on_pause_timer_closed(uv_handle_t *h)
+{
+	struct tunnel *t = h->data;
+	t->pause_timer_open = false;
 	check_empty(t);
 }
 
@@ -307,10 +560,21 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 		return;
 	t->stopping = true;
 	t->on_empty = on_empty;
-	if (tunnel_cfg(t)->listen.kind == ADDR_UNIX)
+	if (tunnel_cfg(t)->listen.kind == ADDR_UNIX && t->owns_path)
 		unlink(tunnel_cfg(t)->listen.path);
-	if (t->listener_open)
+	if (t->listener_open) {
+		t->listener_open = false;
+		t->listener_closing = true;
 		uv_close(&t->listener.h, on_listener_closed);
+	}
+	if (t->spare_fd >= 0) {
+		close(t->spare_fd);
+		t->spare_fd = -1;
+	}
+	if (t->pause_timer_open) {
+		uv_timer_stop(&t->pause_timer);
+		uv_close((uv_handle_t *)&t->pause_timer, on_pause_timer_closed);
+	}
 }
 
 void tunnel_drop_all(struct tunnel *t, const char *reason)
@@ -322,11 +586,17 @@ void tunnel_drop_all(struct tunnel *t, const char *reason)
 
 void tunnel_conn_freed(struct tunnel *t)
 {
+	struct tunnel_stats *st = t->stats;
 	t->live--;
-	if (t->accept_held && !t->stopping &&
-	    t->live < tunnel_cfg(t)->max_connections) {
-		t->accept_held = false;
-		conn_accept(t);
+	atomic_fetch_sub(&st->open, 1);
+	if (atomic_load(&st->held) != 0 && under_limit(t)) {
+		uint64_t held = atomic_exchange(&st->held, 0);
+		for (unsigned w = 0; w < CFG_WORKERS_MAX; w++) {
+			if (!(held & ((uint64_t)1 << w)))
+				continue;
+			if (waker != NULL)
+				waker(w);	/* it retries on its own loop */
+		}
 	}
 	check_empty(t);
 }
@@ -336,6 +606,6 @@ void tunnel_free(struct tunnel *t)
 	if (t == NULL)
 		return;
 	tunnel_conf_release(t->conf);
-	stats_release(t->stats);
+	tunnel_stats_release(t->stats);
 	free(t);
 }

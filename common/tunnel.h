@@ -32,7 +32,7 @@ union stream {
  * swap in new settings while open connections keep theirs.
  */
 struct tunnel_conf {
-	unsigned refs;
+	_Atomic unsigned refs;		/* workers and connections share it */
 	struct cfg *owner;		/* held: cfg lives inside it */
 	const struct cfg_tunnel *cfg;
 	struct tls_ctx *tls;
@@ -40,12 +40,25 @@ struct tunnel_conf {
 
 struct tunnel {
 	uv_loop_t *loop;
+	unsigned worker;		/* the event-loop thread it runs on */
+	uint64_t id;			/* the same on every worker */
 	struct tunnel_conf *conf;	/* current settings (held) */
 	enum cfg_role role;
 	union stream listener;
 	bool listener_open;		/* initialised, needs uv_close */
+	bool listener_closing;		/* uv_close called, callback not yet */
+	/*
+	 * Out of descriptors with libuv's reserve gone, its accept loop would
+	 * spin: the listener is closed for a while instead, and opened again
+	 * from spare_fd, a duplicate that keeps the socket (and its backlog).
+	 */
+	int spare_fd;
+	uv_timer_t pause_timer;
+	bool pause_timer_open;
+	unsigned pause_ms;		/* the last pause; 0 after an accept */
 	bool accept_held;		/* a connection waits for uv_accept */
 	bool stopping;			/* no more accepting: draining */
+	bool owns_path;			/* removes its unix socket file on stop */
 	unsigned live;			/* connections not yet freed */
 	struct conn *conns;		/* list of live connections */
 	char listen_text[ADDR_TEXT_MAX];	/* the bound address */
@@ -53,11 +66,47 @@ struct tunnel {
 	void (*on_empty)(struct tunnel *t);
 	void *data;			/* the daemon's */
 	/*
-	 * Counters, shared with the tunnel of the same name that a reload
-	 * moved to another address, so they carry on instead of resetting.
+	 * Counters, shared by this tunnel's copies on every worker and with
+	 * the tunnel of the same name that a reload moved to another
+	 * address, so they carry on instead of resetting.
 	 */
 	struct tunnel_stats *stats;
 };
+
+/*
+ * The listening sockets of one tunnel section, one per worker, made on
+ * the main thread before any worker is told about them. TCP sockets share
+ * the address with SO_REUSEPORT (the kernel spreads connections over
+ * them); a unix socket is one socket, duplicated.
+ */
+struct listen_fds {
+	int fd[CFG_WORKERS_MAX];	/* -1 once taken by tunnel_start */
+	unsigned n;
+	char text[ADDR_TEXT_MAX];	/* the bound address */
+};
+
+/*
+ * Bind and listen for section cfg, n sockets. On error returns -1, err
+ * says what and where, and nothing is left open.
+ */
+int listen_open(const struct cfg_tunnel *cfg, unsigned n,
+    struct listen_fds *out, char *err, size_t errlen);
+/* Close the sockets not taken; a unix socket file is removed with them. */
+void listen_close(struct listen_fds *l, const struct cfg_tunnel *cfg);
+
+/* New counters with one reference. NULL: out of memory. */
+struct tunnel_stats *tunnel_stats_new(void);
+struct tunnel_stats *tunnel_stats_hold(struct tunnel_stats *s);
+void tunnel_stats_release(struct tunnel_stats *s);
+
+/*
+ * How a tunnel wakes another worker that held back an accept at
+ * max_connections once a connection ends on this one (set by the daemon).
+ */
+void tunnel_set_waker(void (*wake)(unsigned worker));
+
+/* Accept a connection held back at max_connections if the limit allows. */
+void tunnel_resume_accept(struct tunnel *t);
 
 /*
  * Build the settings for section cfg of owner (which gains a reference):
@@ -72,19 +121,18 @@ struct tunnel_conf *tunnel_conf_hold(struct tunnel_conf *tc);
 void tunnel_conf_release(struct tunnel_conf *tc);
 
 /*
- * Create a tunnel with settings conf (the tunnel takes a reference): bind
- * and listen. Logs `listening` with the bound address. On error returns
- * -1 and writes what went wrong into err; nothing is left open (a listener
- * that was opened is closed on the next loop turn).
+ * Create worker's copy of a tunnel with settings conf and counters stats
+ * (it takes a reference to both) on loop, listening on l->fd[worker]
+ * (taken: set to -1). On error returns -1 and writes what went wrong into
+ * err; nothing is left open (the socket is closed on the next loop turn).
  */
-int tunnel_start(uv_loop_t *loop, struct tunnel_conf *conf,
-    enum cfg_role role, struct tunnel **out, char *err, size_t errlen);
+int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
+    enum cfg_role role, struct tunnel_stats *stats, struct listen_fds *l,
+    struct tunnel **out, char *err, size_t errlen);
 
-/*
- * Make t count into other's counters from now on (a reload moved other's
- * tunnel to t's address): t's own are dropped, other's are shared.
- */
-void tunnel_share_stats(struct tunnel *t, struct tunnel *other);
+/* Say that the tunnel listens (and what allow_remote exposes). */
+void tunnel_log_start(const struct cfg_tunnel *cfg, enum cfg_role role,
+    const char *bound);
 
 /*
  * Switch a running tunnel to new settings with the same listen address:
@@ -92,8 +140,6 @@ void tunnel_share_stats(struct tunnel *t, struct tunnel *other);
  */
 void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf);
 
-/* Log `listening` with the tunnel's name and bound address. */
-void tunnel_log_listening(const struct tunnel *t);
 
 /* The tunnel's current section of the config. */
 static inline const struct cfg_tunnel *tunnel_cfg(const struct tunnel *t)

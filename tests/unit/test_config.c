@@ -367,7 +367,8 @@ TEST(config_unknown_keys)
 	    "client.ini:3: [app] colour: unknown key; expected one of listen, connect,");
 	CLIENT_ERR("[upseal]\nworkerz = 2\n",
 	    "client.ini:2: [upseal] workerz: unknown key; expected one of log_level, "
-	    "log_format, drain_timeout, status, status_allow_remote, user");
+	    "log_format, drain_timeout, status, status_allow_remote, user, "
+	    "workers");
 	CLIENT_ERR("[upseal]\nlisten = 127.0.0.1:1\n",
 	    "client.ini:2: [upseal] listen: unknown key");
 	CHECK_CONTAINS(err, "tunnel keys go in a [name] section");
@@ -402,6 +403,38 @@ TEST(config_status_and_user)
 	cfg_free(c);
 	CLIENT_ERR("[upseal]\nuser = root;rm\n" CLIENT_APP,
 	    "client.ini:2: [upseal] user: \"root;rm\" is not a user name");
+}
+
+TEST(config_workers)
+{
+	struct cfg *c = NULL;
+	char e[512];
+	const char *path = write_ini("client.ini", CLIENT_APP);
+	CHECK_INT(cfg_load(path, CFG_CLIENT, &c, e, sizeof e), 0);
+	if (c != NULL)
+		CHECK_INT(c->workers, 0);	/* auto: the number of cores */
+	cfg_free(c);
+	c = NULL;
+	path = write_ini("client.ini", "[upseal]\nworkers = 3\n" CLIENT_APP);
+	CHECK_INT(cfg_load(path, CFG_CLIENT, &c, e, sizeof e), 0);
+	if (c != NULL)
+		CHECK_INT(c->workers, 3);
+	cfg_free(c);
+	c = NULL;
+	path = write_ini("client.ini", "[upseal]\nworkers = auto\n" CLIENT_APP);
+	CHECK_INT(cfg_load(path, CFG_CLIENT, &c, e, sizeof e), 0);
+	if (c != NULL)
+		CHECK_INT(c->workers, 0);
+	cfg_free(c);
+	CLIENT_ERR("[upseal]\nworkers = 0\n" CLIENT_APP,
+	    "client.ini:2: [upseal] workers: \"0\" is out of range; expected "
+	    "auto or a number from 1 to 64");
+	CLIENT_ERR("[upseal]\nworkers = 65\n" CLIENT_APP,
+	    "client.ini:2: [upseal] workers: \"65\" is out of range");
+	CLIENT_ERR("[upseal]\nworkers = many\n" CLIENT_APP,
+	    "client.ini:2: [upseal] workers: \"many\" is not a number");
+	CLIENT_ERR(CLIENT_APP "workers = 2\n",
+	    "client.ini:7: [app] workers: unknown key");
 }
 
 TEST(config_value_errors)
