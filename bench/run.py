@@ -58,6 +58,8 @@ BUILD36 = os.environ.get("BENCH_BUILD36") or os.path.join(ROOT, "build-mbedtls36
 # Set in main(): whether this upseal build knows the `resumption` key (the
 # resumption work of issue 4). Without it, "upseal" is the only upseal row.
 UPSEAL_HAS_RESUMPTION = False
+# Likewise for `workers` (a build before it runs one thread anyway).
+UPSEAL_HAS_WORKERS = False
 
 
 def log(msg):
@@ -230,15 +232,18 @@ class Upseal(Contender):
         # `listening`/`ready` lines are info, so ports are picked here.
         i = self.ids
         sp, cp = free_port(), free_port()
-        conf = ("[upseal]\nlog_level = warn\ndrain_timeout = 1s\n\n[bench]\n"
+        # workers = 1, as the peers run one thread (haproxy nbthread 1,
+        # nginx worker_processes 1); scaling.py measures more workers.
+        conf = ("[upseal]\nlog_level = warn\ndrain_timeout = 1s\n%s\n[bench]\n"
                 "listen = 127.0.0.1:%d\nconnect = 127.0.0.1:%d\ncert = %s\n"
                 "key = %s\npin = %s\n")
         if UPSEAL_HAS_RESUMPTION:
             conf += "resumption = %s\n" % ("yes" if self.resume else "no")
+        w = "workers = 1\n" if UPSEAL_HAS_WORKERS else ""
         srv = self.write("upseal-server.ini", conf % (
-            sp, be_port, i["srv_crt"], i["srv_key"], i["cli_pin"]))
+            w, sp, be_port, i["srv_crt"], i["srv_key"], i["cli_pin"]))
         cli = self.write("upseal-client.ini", conf % (
-            cp, sp, i["cli_crt"], i["cli_key"], i["srv_pin"]))
+            w, cp, sp, i["cli_crt"], i["cli_key"], i["srv_pin"]))
         self.procs.append(Proc("upseal-server", [
             os.path.join(self.build, "upseal-server"), "-c", srv], self.tmp))
         wait_port(sp, self.procs)
@@ -571,6 +576,8 @@ def main():
     ap.add_argument("--contenders", default=env("BENCH_CONTENDERS"))
     ap.add_argument("--json", default=env("BENCH_JSON"))
     ap.add_argument("--perf", action="store_true", default=env("BENCH_PERF") == "1")
+    ap.add_argument("--scaling", choices=("yes", "no"), default=env("BENCH_SCALING"),
+                    help="also measure workers = 1 vs 2 (default: yes unless --quick)")
     ap.add_argument("--bench-bin", default=None,
                     help="dir of load, backend, aead (default BUILD/bench)")
     cfg = ap.parse_args()
@@ -641,13 +648,21 @@ def main():
         for b in ("load", "backend", "aead"):
             shutil.copy2(os.path.join(cfg.bench_bin, b), os.path.join(snap, "bench", b))
         cfg.build = snap
-        global UPSEAL_HAS_RESUMPTION
+        global UPSEAL_HAS_RESUMPTION, UPSEAL_HAS_WORKERS
         probe = os.path.join(tmp, "probe.ini")
         with open(probe, "w") as f:
             f.write("[t]\nlisten = 127.0.0.1:1\nconnect = 127.0.0.1:2\n"
                     "cert = %s\nkey = %s\npin = %s\nresumption = no\n"
                     % (ids["srv_crt"], ids["srv_key"], ids["cli_pin"]))
         UPSEAL_HAS_RESUMPTION = subprocess.run(
+            [os.path.join(snap, "upseal-server"), "--check", "-c", probe],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=30).returncode == 0
+        with open(probe, "w") as f:
+            f.write("[upseal]\nworkers = 1\n[t]\nlisten = 127.0.0.1:1\n"
+                    "connect = 127.0.0.1:2\ncert = %s\nkey = %s\npin = %s\n"
+                    % (ids["srv_crt"], ids["srv_key"], ids["cli_pin"]))
+        UPSEAL_HAS_WORKERS = subprocess.run(
             [os.path.join(snap, "upseal-server"), "--check", "-c", probe],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             timeout=30).returncode == 0
@@ -700,6 +715,17 @@ def main():
                 finally:
                     c.stop()
                     cur[0] = None
+        scaling = None
+        want_scaling = (cfg.scaling or ("no" if q else "yes")) == "yes"
+        if want_scaling and not (UPSEAL_HAS_WORKERS and available("haproxy")):
+            log("skipping the workers scaling: needs haproxy and `workers`")
+        elif want_scaling:
+            import scaling as scaling_mod
+            helpers = {"PEER_CIPHER": PEER_CIPHER, "free_port": free_port,
+                       "Proc": Proc, "wait_port": wait_port, "load": load,
+                       "cpu_of": cpu_of, "children_of": children_of}
+            scaling, serr = scaling_mod.run(cfg, ids, tmp, be_port, helpers, log)
+            errors.extend(serr)
         elapsed = time.monotonic() - t0
         m1 = machine()
 
@@ -715,6 +741,13 @@ def main():
         print()
         print(aead_table(aead))
         print()
+        if scaling is not None:
+            import scaling as scaling_mod
+            print("Workers (`workers = N`), one upseal side facing haproxy; "
+                  "medians over the rounds:")
+            print()
+            print(scaling_mod.table(scaling))
+            print()
         d = results.get("direct")
         if d:
             print("Load tool on the direct path (medians): bulk %.0f MB/s using %.2f s "
@@ -744,6 +777,8 @@ def main():
         if cfg.json:
             with open(cfg.json, "w") as f:
                 json.dump({"machine": m0, "aead": aead, "results": results,
+                           "scaling": {"%s-w%d" % k: v for k, v in
+                                       (scaling or {}).items()},
                            "errors": errors}, f, indent=1)
         return 1 if errors else 0
     except KeyboardInterrupt:
