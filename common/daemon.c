@@ -16,6 +16,7 @@
 #include <mbedtls/version.h>
 
 #include "audit.h"
+#include "compat.h"	/* the mbedTLS configuration (MBEDTLS_THREADING_C) */
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
@@ -826,7 +827,7 @@ static void log_reload_failed(struct daemon *d, const char *err)
 }
 
 /* workers = auto: one per core the process may run on. */
-static unsigned workers_wanted(const struct cfg *cfg)
+static unsigned workers_configured(const struct cfg *cfg)
 {
 	unsigned n = cfg->workers;
 	if (n == 0)
@@ -834,6 +835,21 @@ static unsigned workers_wanted(const struct cfg *cfg)
 	if (n < 1)
 		n = 1;
 	return n > CFG_WORKERS_MAX ? CFG_WORKERS_MAX : n;
+}
+
+/*
+ * What runs: an mbedTLS built without MBEDTLS_THREADING_C has no locks
+ * where threads share state (3.x: the PSA key store), so one worker.
+ */
+static unsigned workers_wanted(const struct cfg *cfg)
+{
+#if defined(MBEDTLS_THREADING_C)
+	return workers_configured(cfg);
+#else
+	(void)workers_configured;
+	(void)cfg;
+	return 1;
+#endif
 }
 
 /*
@@ -1111,6 +1127,15 @@ static void start(struct daemon *d)
 static int run(struct daemon *d)
 {
 	d->nworkers = workers_wanted(d->cfg);
+	if (d->nworkers < workers_configured(d->cfg)) {
+		struct log_line l;
+		log_begin(&l, LOG_WARN, "workers_limited");
+		log_u64(&l, "configured", workers_configured(d->cfg));
+		log_u64(&l, "running", d->nworkers);
+		log_str(&l, "msg", "this mbedTLS was built without "
+		    "MBEDTLS_THREADING_C: one worker");
+		log_end(&l);
+	}
 	d->w = calloc(d->nworkers, sizeof *d->w);
 	if (d->w == NULL || uv_loop_init(&d->loop) != 0) {
 		fprintf(stderr, "%s: cannot set up the event loop\n", d->prog);

@@ -8,7 +8,9 @@
 #    apt-get source. The deb-src entry is derived from this machine's own
 #    Debian mirror (/etc/apt/sources.list{,.d}) and used through a private
 #    apt configuration: the system's sources and lists are not touched.
-# 2. Builds its libraries (with Debian's patches) into PREFIX.
+# 2. Builds its libraries (with Debian's patches, and the build options
+#    Debian's debian/rules sets with scripts/config.py, among them
+#    MBEDTLS_THREADING_C: upseal's workers need it) into PREFIX.
 # 3. Builds upseal into build-mbedtls36/ against PREFIX (rpath set).
 # 4. Runs the unit tests and the integration tests on that build, which
 #    then speaks TLS 1.3 between two upseal sidecars (the suite checks it).
@@ -31,7 +33,10 @@ if [ ${#need[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi
 
-if [ ! -f "$PREFIX/lib/libmbedtls.so" ]; then
+# A prefix built before the Debian options were applied is built again.
+if [ ! -f "$PREFIX/lib/libmbedtls.so" ] || [ ! -f "$PREFIX/debian-options" ]; then
+	rm -rf "$PREFIX" "$WORK"/mbedtls-3.* "$WORK"/mbedtls_3.*
+	mkdir -p "$PREFIX"
 	# The machine's Debian mirror, from deb822 or one-line sources.
 	mirror=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null |
 		awk '{print $2}' | grep -v security | head -n 1 || true)
@@ -57,12 +62,19 @@ if [ ! -f "$PREFIX/lib/libmbedtls.so" ]; then
 	fi
 	src=$(find "$WORK" -maxdepth 1 -type d -name 'mbedtls-3.*' | sort | tail -n 1)
 	[ -n "$src" ] || { echo "mbedtls36: no mbedtls-3.* source tree" >&2; exit 1; }
-	echo "==> building $(basename "$src") into $PREFIX"
+	# What debian/rules does before configuring (override_dh_auto_configure).
+	options=$(sed -nE 's/^[[:space:]]*scripts\/config\.py set ([A-Z0-9_]+)$/\1/p' \
+		"$src/debian/rules")
+	for o in $options; do
+		(cd "$src" && python3 scripts/config.py set "$o")
+	done
+	echo "==> building $(basename "$src") into $PREFIX (Debian options: $(echo $options))"
 	make -C "$src" -j"${JOBS:-2}" lib SHARED=1 >"$WORK/build.log" 2>&1 ||
 		{ tail -n 30 "$WORK/build.log"; exit 1; }
 	mkdir -p "$PREFIX/lib" "$PREFIX/include"
 	cp -a "$src"/include/mbedtls "$src"/include/psa "$PREFIX/include/"
 	cp -a "$src"/library/lib*.so* "$PREFIX/lib/"
+	echo "$options" > "$PREFIX/debian-options"
 fi
 
 echo "==> building upseal against $PREFIX"
