@@ -12,7 +12,7 @@
 #include "sbuf.h"
 
 /* Reasons a connection ends, as in the conn_end log line. */
-#define METRICS_REASONS 25
+#define METRICS_REASONS 28
 /* Handshake duration histogram: upper bounds in seconds, then +Inf. */
 #define METRICS_HS_BUCKETS 10
 
@@ -27,6 +27,12 @@ struct tunnel_stats {
 	uint64_t connect_failures;	/* the next hop could not be reached */
 	uint64_t hs_bucket[METRICS_HS_BUCKETS + 1];	/* not cumulative */
 	double hs_seconds;
+	/* The pool (pool.c). Client: ready is a gauge; the rest count. */
+	uint64_t pool_ready;	/* handshaken, waiting for a client */
+	uint64_t pool_handoffs;	/* client: handed to a client; server: preamble */
+	uint64_t pool_misses;	/* client: accepted with none ready */
+	uint64_t pool_failures;	/* client: pool dials/handshakes that failed */
+	uint64_t pool_recycled;	/* client: closed unused after pool_idle */
 };
 
 /* The index of a reason word; unknown words map to "other". */

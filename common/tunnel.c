@@ -12,6 +12,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "pool.h"
 
 #define LISTEN_BACKLOG 511
 
@@ -249,6 +250,7 @@ int tunnel_start(uv_loop_t *loop, struct tunnel_conf *conf,
 		log_end(&l);
 	}
 	*out = t;
+	pool_configure(t);
 	return 0;
 
 fail:
@@ -265,8 +267,12 @@ fail:
 void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf)
 {
 	struct tunnel_conf *old = t->conf;
+	/* Pool conns of the old settings go; new ones are opened. */
+	if (t->role == CFG_CLIENT)
+		pool_flush(t, "pool_flush");
 	t->conf = tunnel_conf_hold(conf);
 	tunnel_conf_release(old);
+	pool_configure(t);
 	/* A raised max_connections lets a held connection in. */
 	if (t->accept_held && !t->stopping &&
 	    t->live < tunnel_cfg(t)->max_connections) {
@@ -287,7 +293,8 @@ void tunnel_log_listening(const struct tunnel *t)
 
 static void check_empty(struct tunnel *t)
 {
-	if (t->stopping && t->live == 0 && !t->listener_open && t->on_empty) {
+	if (t->stopping && t->live == 0 && t->pool.live == 0 &&
+	    !t->listener_open && t->on_empty) {
 		void (*cb)(struct tunnel *) = t->on_empty;
 		t->on_empty = NULL;
 		cb(t);
@@ -307,6 +314,8 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 		return;
 	t->stopping = true;
 	t->on_empty = on_empty;
+	/* Unused pool conns hold nothing a client waits for: close them now. */
+	pool_flush(t, "drain");
 	if (tunnel_cfg(t)->listen.kind == ADDR_UNIX)
 		unlink(tunnel_cfg(t)->listen.path);
 	if (t->listener_open)
@@ -328,6 +337,13 @@ void tunnel_conn_freed(struct tunnel *t)
 		t->accept_held = false;
 		conn_accept(t);
 	}
+	check_empty(t);
+}
+
+void tunnel_pool_conn_freed(struct tunnel *t)
+{
+	t->pool.live--;
+	pool_fill(t);
 	check_empty(t);
 }
 
