@@ -14,7 +14,8 @@ TESTS=${VALGRIND_TESTS:-"data.half_close_client_first
 reject.wrong_client_pin_server_refuses
 reject.no_client_certificate
 lifecycle.idle_timeout
-lifecycle.backend_refused_then_back"}
+lifecycle.backend_refused_then_back
+pool.request_served_by_pooled_connection"}
 
 if ! command -v valgrind >/dev/null; then
 	echo "valgrind is not installed (tests/deps.sh installs it)"

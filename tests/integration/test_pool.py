@@ -186,8 +186,8 @@ def test_server_restart_pool_recovers_with_backoff(h):
              "client warnings while the server is down")
     m = scrape(cli)
     fails = m.get("upseal_pool_failures_total", tunnel="app")
-    # 4 at once, then at about 1s and 3s: not dozens.
-    check(4 <= fails <= 8, "pool failures in ~3.5s of downtime: %r" % fails)
+    # Up to 4 at once (one round), then one at about 1s and 3s: not dozens.
+    check(2 <= fails <= 8, "pool failures in ~3.5s of downtime: %r" % fails)
     # A new server at the same address.
     st = dict(srv.tunnels)
     st["app"] = dict(st["app"], listen=addr)
