@@ -50,7 +50,7 @@ MIB = 1024 ** 2
 # 2.28) and two upseal sidecars negotiate it.
 PEER_CIPHER = "ECDHE-ECDSA-AES128-GCM-SHA256"
 NGINX_STREAM_SO = "/usr/lib/nginx/modules/ngx_stream_module.so"
-ALL = ["upseal", "upseal+res", "upseal36", "stunnel", "stunnel+res", "haproxy",
+ALL = ["upseal", "upseal+res", "upseal+pool", "upseal36", "stunnel", "stunnel+res", "haproxy",
        "haproxy+res", "nginx", "nginx+res", "direct"]
 # upseal36: the same sources built against mbedTLS 3.6 by tests/mbedtls36.sh
 # (two sidecars then speak TLS 1.3; no TLS 1.3 tickets, so no +res row).
@@ -60,6 +60,10 @@ BUILD36 = os.environ.get("BENCH_BUILD36") or os.path.join(ROOT, "build-mbedtls36
 UPSEAL_HAS_RESUMPTION = False
 # Likewise for `workers` (a build before it runs one thread anyway).
 UPSEAL_HAS_WORKERS = False
+# upseal+pool: resumption on and `pool = POOL_SIZE` on the client (known
+# to the build if `upseal-client --check` accepts the key).
+POOL_SIZE = 8
+UPSEAL_HAS_POOL = False
 
 
 def log(msg):
@@ -200,7 +204,8 @@ def wait_log(proc, text, timeout=15.0):
 class Contender:
     def __init__(self, name, ids, tmp, build):
         self.name = name
-        self.resume = name.endswith("+res")
+        self.pool = name.endswith("+pool")
+        self.resume = name.endswith("+res") or self.pool
         self.ids = ids
         self.tmp = tmp
         self.build = build
@@ -243,7 +248,8 @@ class Upseal(Contender):
         srv = self.write("upseal-server.ini", conf % (
             w, sp, be_port, i["srv_crt"], i["srv_key"], i["cli_pin"]))
         cli = self.write("upseal-client.ini", conf % (
-            w, cp, sp, i["cli_crt"], i["cli_key"], i["srv_pin"]))
+            w, cp, sp, i["cli_crt"], i["cli_key"], i["srv_pin"]) +
+            ("pool = %d\n" % POOL_SIZE if self.pool else ""))
         self.procs.append(Proc("upseal-server", [
             os.path.join(self.build, "upseal-server"), "-c", srv], self.tmp))
         wait_port(sp, self.procs)
@@ -487,7 +493,8 @@ def table(results, names, aead):
            "|---|" + "---|" * len(COLUMNS)]
     for n in names:
         cells = []
-        ref = "upseal+res" if n.endswith("+res") and "upseal+res" in med else "upseal"
+        ref = ("upseal+res" if (n.endswith("+res") or n == "upseal+pool") and
+               "upseal+res" in med else "upseal")
         up = med.get(ref, {})
         for k, _, f in COLUMNS:
             v = med[n][k]
@@ -516,6 +523,24 @@ def table(results, names, aead):
             cells[1] += " (upseal %.2f×)" % (u / crypto)
         out.append("| mbedTLS ceiling (ChaCha20-Poly1305, 1 core) | %s |" % " | ".join(cells))
     return "\n".join(out)
+
+
+def pool_target_line(results, names):
+    """Issue 4's latency target: upseal+pool's connect-to-first-byte p50 at
+    c=1 against the best peer's (the lowest of every non-upseal row but
+    direct)."""
+    if "upseal+pool" not in names:
+        return None
+    mine = median_of(results["upseal+pool"], "c1_p50_us")
+    peers = [(median_of(results[n], "c1_p50_us"), n) for n in names
+             if not n.startswith("upseal") and n != "direct"]
+    peers = [(v, n) for v, n in peers if v is not None]
+    if mine is None or not peers:
+        return None
+    best, who = min(peers)
+    return ("Connect-to-first-byte p50 at c=1: upseal+pool (pool = %d) %.2f ms, "
+            "best peer %s %.2f ms: %.2f× (target ≤ 0.5×)."
+            % (POOL_SIZE, mine / 1000.0, who, best / 1000.0, mine / best))
 
 
 def aead_table(aead):
@@ -669,6 +694,18 @@ def main():
         if not UPSEAL_HAS_RESUMPTION and "upseal+res" in names:
             log("skipping upseal+res: this build has no `resumption` key")
             names.remove("upseal+res")
+        global UPSEAL_HAS_POOL
+        with open(probe, "w") as f:
+            f.write("[t]\nlisten = 127.0.0.1:1\nconnect = 127.0.0.1:2\n"
+                    "cert = %s\nkey = %s\npin = %s\npool = 1\n"
+                    % (ids["cli_crt"], ids["cli_key"], ids["srv_pin"]))
+        UPSEAL_HAS_POOL = subprocess.run(
+            [os.path.join(snap, "upseal-client"), "--check", "-c", probe],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=30).returncode == 0
+        if not UPSEAL_HAS_POOL and "upseal+pool" in names:
+            log("skipping upseal+pool: this build has no `pool` key")
+            names.remove("upseal+pool")
 
         be = Proc("backend", [os.path.join(cfg.build, "bench", "backend")], tmp)
         procs.append(be)
@@ -739,6 +776,10 @@ def main():
         print()
         print(table(results, names, aead))
         print()
+        target = pool_target_line(results, names)
+        if target:
+            print(target)
+            print()
         print(aead_table(aead))
         print()
         if scaling is not None:

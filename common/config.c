@@ -25,7 +25,7 @@
 enum { K_LISTEN, K_CONNECT, K_CERT, K_KEY, K_CA, K_PIN, K_SERVER_NAME,
     K_CONNECT_TIMEOUT, K_HANDSHAKE_TIMEOUT, K_IDLE_TIMEOUT,
     K_MAX_CONNECTIONS, K_ALLOW_REMOTE, K_RESUMPTION, K_TICKET_KEY_FILE,
-    K_CIPHERS, K_TUNNEL_KEYS };
+    K_CIPHERS, K_POOL, K_POOL_IDLE, K_TUNNEL_KEYS };
 
 /* Which kind of section the lines being read belong to. */
 enum section { SEC_NONE, SEC_UPSEAL, SEC_TUNNEL };
@@ -319,6 +319,10 @@ static const struct key tunnel_keys[K_TUNNEL_KEYS] = {
 	[K_TICKET_KEY_FILE] = KEY("ticket_key_file", set_path,
 	    T(ticket_key_file), "FILE", .server_only = true),
 	[K_CIPHERS] = KEY("ciphers", set_ciphers, 0, CIPHERS_FORM),
+	[K_POOL] = KEY("pool", set_count, T(pool), "a number from 0 to 1000",
+	    .min = 0, .max = CFG_POOL_MAX, .client_only = true),
+	[K_POOL_IDLE] = KEY("pool_idle", set_duration, T(pool_idle_ms),
+	    DURATION_FORM, .min = 1, .max = HOUR_MS, .client_only = true),
 };
 
 /* The field is the cfg itself: status and has_status go together. */
@@ -385,6 +389,7 @@ static const struct cfg_tunnel tunnel_defaults = {
 	.idle_timeout_ms = 5 * 60 * 1000,
 	.max_connections = 10000,
 	.resumption = true,
+	.pool_idle_ms = 60 * 1000,
 };
 
 /*

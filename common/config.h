@@ -29,6 +29,8 @@ enum cfg_cipher {
 	CFG_CIPHER_AES256GCM,		/* ECDHE-ECDSA-AES256-GCM-SHA384 */
 };
 #define CFG_CIPHERS_MAX 3
+/* pool = N per tunnel at most. */
+#define CFG_POOL_MAX 1000
 
 struct cfg_tunnel {
 	char name[CFG_NAME_MAX];
@@ -51,6 +53,9 @@ struct cfg_tunnel {
 	/* Offered suites in order of preference (CFG_CIPHER_*); 0: default. */
 	unsigned char ciphers[CFG_CIPHERS_MAX];
 	size_t nciphers;
+	/* Client: handshaken connections kept ready (0 = no pool). */
+	unsigned pool;			/* default 0, at most CFG_POOL_MAX */
+	uint64_t pool_idle_ms;		/* a ready one unused this long is replaced; 60s */
 };
 
 struct cfg {

@@ -12,6 +12,8 @@
 #include "compat.h"
 #include "conn_int.h"
 #include "log.h"
+#include "pool.h"
+#include "preamble.h"
 
 static _Atomic uint64_t next_conn_id;
 static _Atomic uint64_t open_conns;
@@ -67,6 +69,7 @@ static bool *dialed_open(struct conn *c)
 static void conn_free(struct conn *c)
 {
 	struct tunnel *t = c->tun;
+	bool pooled = c->pool;
 	if (c->ssl_init)
 		mbedtls_ssl_free(&c->ssl);	/* zeroizes keys and buffers */
 	tunnel_conf_release(c->conf);	/* after the ssl that used it */
@@ -81,8 +84,12 @@ static void conn_free(struct conn *c)
 	if (c->next != NULL)
 		c->next->prev = c->prev;
 	free(c);
-	atomic_fetch_sub_explicit(&open_conns, 1, memory_order_relaxed);
-	tunnel_conn_freed(t);
+	if (pooled) {
+		tunnel_pool_conn_freed(t);
+	} else {
+		atomic_fetch_sub_explicit(&open_conns, 1, memory_order_relaxed);
+		tunnel_conn_freed(t);
+	}
 }
 
 static void on_closed(uv_handle_t *h)
@@ -109,7 +116,8 @@ static void close_handle(uv_handle_t *h, bool *open)
 static bool reason_is_quiet(const char *reason)
 {
 	return strcmp(reason, "closed") == 0 || strcmp(reason, "drain") == 0 ||
-	    strcmp(reason, "idle_timeout") == 0;
+	    strcmp(reason, "idle_timeout") == 0 ||
+	    strcmp(reason, "pool_closed") == 0;
 }
 
 static void log_conn_end(struct conn *c, const char *reason)
@@ -140,9 +148,14 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 	if (c->dropped)
 		return;
 	c->dropped = true;
-	log_conn_end(c, reason);
 	struct tunnel_stats *st = c->tun->stats;
-	STAT_ADD(st->closed[metrics_reason(reason)], 1);
+	if (c->pool) {
+		/* Not a client's connection (yet): the pool logs and counts it. */
+		pool_ended(c, reason);
+	} else {
+		log_conn_end(c, reason);
+		STAT_ADD(st->closed[metrics_reason(reason)], 1);
+	}
 	if (c->phase == PH_DIAL && (strcmp(reason, "connect_failed") == 0 ||
 	    strcmp(reason, "connect_timeout") == 0 ||
 	    strcmp(reason, "resolve_failed") == 0))
@@ -196,6 +209,11 @@ static void on_timer(uv_timer_t *timer)
 			conn_phase_timer(c, idle - quiet);
 		return;
 	}
+	case PH_POOL_WAIT:
+	case PH_POOLED:
+	case PH_PREAMBLE:
+		pool_timer(c);
+		return;
 	}
 }
 
@@ -214,6 +232,13 @@ static const char *handshake_reason(struct conn *c, int rc)
 {
 	if (c->peer.verdict != TLS_PEER_OK)
 		return tls_verdict_reason(c->peer.verdict);
+	if (c->alert_sent == MBEDTLS_SSL_ALERT_MSG_NO_APPLICATION_PROTOCOL &&
+	    c->tun->role == CFG_SERVER) {
+		conn_errorf(c, "the client offered ALPN protocols but not "
+		    PREAMBLE_ALPN "; connect without ALPN (openssl s_client "
+		    "without -alpn, curl --no-alpn) or through upseal-client");
+		return "no_application_protocol";
+	}
 	if (c->saw_tls_bytes && c->first_byte != 0x16 &&
 	    c->tun->role == CFG_SERVER) {
 		snprintf(c->error, sizeof c->error,
@@ -245,7 +270,8 @@ static void handshake_failed(struct conn *c, const char *reason)
 	struct log_line l;
 	char pin[PIN_TEXT_MAX];
 	STAT_ADD(c->tun->stats->hs_failed[metrics_reason(reason)], 1);
-	log_begin(&l, LOG_WARN, "handshake_failed");
+	/* A pool conn's failure is told once per streak, by the pool. */
+	log_begin(&l, c->pool ? LOG_DEBUG : LOG_WARN, "handshake_failed");
 	log_str(&l, "tunnel", conn_cfg(c)->name);
 	log_u64(&l, "id", c->id);
 	log_str(&l, "peer", c->peer_text);
@@ -296,13 +322,16 @@ void conn_handshake_step(struct conn *c)
 		log_end(&l);
 	}
 	if (c->tun->role == CFG_CLIENT) {
-		relay_start(c);
+		if (c->pool)
+			pool_handshaken(c);
+		else
+			relay_start(c);
+	} else if (preamble_negotiated(&c->ssl)) {
+		/* A pool conn: the backend is dialed when a client uses it. */
+		pool_await_preamble(c);
 	} else {
 		/* Only now, with a pinned peer, is the backend dialed. */
-		c->phase = PH_DIAL;
-		relay_tls_reading(c);
-		conn_phase_timer(c, conn_cfg(c)->connect_timeout_ms);
-		dial_start(c);
+		conn_dial(c);
 	}
 }
 
@@ -313,7 +342,8 @@ static void tls_begin(struct conn *c)
 	conn_phase_timer(c, conn_cfg(c)->handshake_timeout_ms);
 	mbedtls_ssl_init(&c->ssl);
 	c->ssl_init = true;
-	int rc = tls_session_setup(c->conf->tls, &c->ssl, &c->peer);
+	int rc = c->pool ? tls_session_setup_pool(c->conf->tls, &c->ssl,
+	    &c->peer) : tls_session_setup(c->conf->tls, &c->ssl, &c->peer);
 	if (rc != 0) {
 		conn_error_tls(c, "TLS set-up", rc);
 		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? "nomem" :
@@ -463,6 +493,14 @@ static void dial_start(struct conn *c)
 	c->refs++;
 }
 
+void conn_dial(struct conn *c)
+{
+	c->phase = PH_DIAL;
+	relay_tls_reading(c);
+	conn_phase_timer(c, conn_cfg(c)->connect_timeout_ms);
+	dial_start(c);
+}
+
 /* ---- accepting ---- */
 
 static void describe_peer(struct conn *c, union stream *s)
@@ -480,14 +518,11 @@ static void describe_peer(struct conn *c, union stream *s)
 		snprintf(c->peer_text, sizeof c->peer_text, "unknown");
 }
 
-int conn_accept(struct tunnel *t)
+struct conn *conn_new(struct tunnel *t)
 {
 	struct conn *c = calloc(1, sizeof *c);
-	if (c == NULL) {
-		log_msg(LOG_ERROR, "accept_failed", "tunnel %s: out of memory",
-		    tunnel_cfg(t)->name);
-		return -1;
-	}
+	if (c == NULL)
+		return NULL;
 	c->tun = t;
 	c->conf = tunnel_conf_hold(t->conf);
 	c->id = atomic_fetch_add(&next_conn_id, 1) + 1;
@@ -497,14 +532,30 @@ int conn_accept(struct tunnel *t)
 	if (t->conns != NULL)
 		t->conns->prev = c;
 	t->conns = c;
-	t->live++;
-	atomic_fetch_add_explicit(&open_conns, 1, memory_order_relaxed);
-	STAT_ADD(t->stats->accepted, 1);
 
 	uv_timer_init(t->loop, &c->timer);
 	c->timer.data = c;
 	c->timer_open = true;
 	c->refs = 1;
+	return c;
+}
+
+int conn_accept(struct tunnel *t)
+{
+	/* A client takes a ready pool conn if there is one. */
+	struct conn *c = t->role == CFG_CLIENT ? pool_take(t) : NULL;
+	bool pooled = c != NULL;
+	if (c == NULL)
+		c = conn_new(t);
+	if (c == NULL) {
+		log_msg(LOG_ERROR, "accept_failed", "tunnel %s: out of memory",
+		    tunnel_cfg(t)->name);
+		return -1;
+	}
+	c->started = uv_now(t->loop);
+	t->live++;
+	atomic_fetch_add_explicit(&open_conns, 1, memory_order_relaxed);
+	STAT_ADD(t->stats->accepted, 1);
 
 	union stream *s = t->role == CFG_CLIENT ? &c->plain : &c->tls;
 	bool *open = t->role == CFG_CLIENT ? &c->plain_open : &c->tls_open;
@@ -527,12 +578,11 @@ int conn_accept(struct tunnel *t)
 	describe_peer(c, s);
 	stream_tune(s, t->role == CFG_SERVER);
 
-	if (t->role == CFG_CLIENT) {
-		c->phase = PH_DIAL;
-		conn_phase_timer(c, conn_cfg(c)->connect_timeout_ms);
-		dial_start(c);
-	} else {
+	if (pooled)
+		pool_handoff(c);
+	else if (t->role == CFG_CLIENT)
+		conn_dial(c);
+	else
 		tls_begin(c);
-	}
 	return 0;
 }

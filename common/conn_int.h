@@ -29,7 +29,14 @@
 /* The standard write buffer fits either. */
 #define WBUF_CAP TLS_OUT_CAP
 
-enum phase { PH_DIAL, PH_HANDSHAKE, PH_RELAY };
+/*
+ * PH_POOL_WAIT, PH_POOLED: a client's pool connection waiting out a
+ * backoff before it dials, and one handshaken and waiting for a client
+ * (pool.c). PH_PREAMBLE: the server, after a handshake that negotiated
+ * upseal/1, waiting for the preamble byte before it dials the backend.
+ */
+enum phase { PH_DIAL, PH_HANDSHAKE, PH_RELAY, PH_POOL_WAIT, PH_POOLED,
+    PH_PREAMBLE };
 
 /* One queued write: the request and the bytes it owns. */
 struct wbuf {
@@ -82,6 +89,12 @@ struct conn {
 	uint64_t started, last_active;	/* uv_now, ms */
 	uint64_t hs_started;		/* uv_hrtime, ns */
 
+	/* The pool (pool.c). */
+	bool pool;			/* a client's pool conn, not yet handed off */
+	struct conn *ready_prev, *ready_next;	/* in tun->pool.ready_list */
+	uint64_t pooled_at;		/* uv_now: ready (client), waiting (server) */
+	unsigned char alert_sent;	/* last plaintext fatal alert we sent */
+
 	bool dropped;
 	char peer_text[ADDR_TEXT_MAX];
 	char error[160];		/* detail for the conn_end line */
@@ -112,6 +125,14 @@ void conn_touch(struct conn *c);
 void conn_phase_timer(struct conn *c, uint64_t ms);
 /* Run the handshake as far as the input allows; on success move on. */
 void conn_handshake_step(struct conn *c);
+/*
+ * A new connection of t with no ends yet: linked into t->conns, holding
+ * t's current settings, its timer initialised. NULL when out of memory.
+ * The caller counts it (t->live or t->pool.live) and starts it.
+ */
+struct conn *conn_new(struct tunnel *t);
+/* Enter PH_DIAL: dial the end this role dials, under connect_timeout. */
+void conn_dial(struct conn *c);
 
 /* relay.c */
 
@@ -128,5 +149,26 @@ int relay_bio_recv(void *arg, unsigned char *buf, size_t len);
 void relay_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 /* Return a write buffer (NULL is a no-op). */
 void relay_wbuf_free(struct wbuf *w);
+
+/* pool.c (the public part is in pool.h) */
+
+/*
+ * Client, accepting: the most recently readied pool conn, now counted as
+ * an accepted connection (t->live) instead of a pool one; NULL if none is
+ * ready (a miss, counted when the pool is on). Refills in the background.
+ */
+struct conn *pool_take(struct tunnel *t);
+/* Client: c (from pool_take) has its plaintext end: send the preamble, relay. */
+void pool_handoff(struct conn *c);
+/* Client: a pool conn's handshake passed: check ALPN, make it ready. */
+void pool_handshaken(struct conn *c);
+/* Server: the handshake negotiated upseal/1: wait for the preamble. */
+void pool_await_preamble(struct conn *c);
+/* TLS input in PH_POOLED (client) or PH_PREAMBLE (server). */
+void pool_tls_input(struct conn *c);
+/* The timer fired in PH_POOL_WAIT, PH_POOLED or PH_PREAMBLE. */
+void pool_timer(struct conn *c);
+/* Called by conn_fail for a pool conn instead of the conn_end line. */
+void pool_ended(struct conn *c, const char *reason);
 
 #endif

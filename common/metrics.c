@@ -9,7 +9,8 @@ static const char *const reasons[METRICS_REASONS] = {
 	"name_mismatch", "not_tls", "protocol_version", "peer_alert",
 	"handshake_timeout", "handshake_eof", "handshake_failed",
 	"connect_failed", "connect_timeout", "resolve_failed", "idle_timeout",
-	"drain", "nomem", "accept_failed", "renegotiation", "other",
+	"drain", "nomem", "accept_failed", "renegotiation", "bad_preamble",
+	"pool_closed", "no_application_protocol", "other",
 };
 
 static const double hs_bounds[METRICS_HS_BUCKETS] = {
@@ -166,4 +167,21 @@ void metrics_render(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
 	    "Dials of the next hop that failed or timed out.",
 	    FIELD(connect_failures));
 	histogram(b, t, n);
+
+	per_tunnel(b, t, n, "upseal_pool_ready", "gauge", "Client: pooled "
+	    "connections handshaken and waiting for a client.",
+	    FIELD(pool_ready));
+	per_tunnel(b, t, n, "upseal_pool_handoffs_total", "counter", "Pooled "
+	    "connections put to use: client, handed to an accepted client; "
+	    "server, the preamble came and the backend was dialed.",
+	    FIELD(pool_handoffs));
+	per_tunnel(b, t, n, "upseal_pool_misses_total", "counter", "Client: "
+	    "accepted connections that found no pooled one ready and dialed.",
+	    FIELD(pool_misses));
+	per_tunnel(b, t, n, "upseal_pool_failures_total", "counter", "Client: "
+	    "pool connections that failed before they were ready.",
+	    FIELD(pool_failures));
+	per_tunnel(b, t, n, "upseal_pool_recycled_total", "counter", "Client: "
+	    "pooled connections closed unused after pool_idle.",
+	    FIELD(pool_recycled));
 }

@@ -13,7 +13,7 @@
 #include "sbuf.h"
 
 /* Reasons a connection ends, as in the conn_end log line. */
-#define METRICS_REASONS 25
+#define METRICS_REASONS 28
 /* Handshake duration histogram: upper bounds in seconds, then +Inf. */
 #define METRICS_HS_BUCKETS 10
 
@@ -38,6 +38,13 @@ struct tunnel_stats {
 	stat_counter connect_failures;	/* the next hop could not be reached */
 	stat_counter hs_bucket[METRICS_HS_BUCKETS + 1];	/* not cumulative */
 	stat_counter hs_micros;	/* total handshake time, microseconds */
+	/* The pool (pool.c). Client: ready is a gauge; the rest count. */
+	stat_counter pool_ready;	/* handshaken, waiting for a client */
+	stat_counter pool_handoffs;	/* client: handed to a client; server: preamble */
+	stat_counter pool_misses;	/* client: accepted with none ready */
+	stat_counter pool_failures;	/* client: pool dials/handshakes that failed */
+	stat_counter pool_recycled;	/* client: closed unused after pool_idle */
+	_Atomic unsigned pool_failing;	/* client: workers in a failure streak */
 };
 
 /* Add n to a counter (any thread). */

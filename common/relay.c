@@ -106,6 +106,8 @@ void relay_tls_reading(struct conn *c)
 		return;
 	switch (c->phase) {
 	case PH_HANDSHAKE:
+	case PH_POOLED:
+	case PH_PREAMBLE:
 		want = !c->tls_eof && c->in_len == 0;
 		break;
 	case PH_RELAY:
@@ -170,6 +172,14 @@ int relay_bio_send(void *arg, const unsigned char *buf, size_t len)
 	struct conn *c = arg;
 	if (c->dropped)
 		return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+	/*
+	 * A fatal alert in the clear (7 bytes: header, level, description)
+	 * can only come before the keys are in use, in the handshake: keep
+	 * its description so the log can say why (no_application_protocol).
+	 */
+	if (len == 7 && buf[0] == MBEDTLS_SSL_MSG_ALERT &&
+	    buf[5] == MBEDTLS_SSL_ALERT_LEVEL_FATAL)
+		c->alert_sent = buf[6];
 	if (c->tls_out != NULL && c->tls_out->cap - c->tls_out->len < len) {
 		relay_flush_tls(c);
 		if (c->dropped)
@@ -518,6 +528,8 @@ void relay_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		conn_handshake_step(c);
 	else if (c->phase == PH_RELAY)
 		tls_drain(c);
+	else if (c->phase == PH_POOLED || c->phase == PH_PREAMBLE)
+		pool_tls_input(c);
 	if (!c->dropped)
 		in_settle(c);
 	if (!c->dropped)

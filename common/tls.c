@@ -14,12 +14,15 @@
 
 #include "compat.h"
 #include "log.h"
+#include "preamble.h"
 #include "rng.h"
 #include "ticket.h"
 
 struct tls_ctx {
 	enum cfg_role role;
 	mbedtls_ssl_config conf;
+	mbedtls_ssl_config pool_conf;	/* client, pool > 0: conf + ALPN */
+	bool has_pool_conf;
 	mbedtls_x509_crt own_crt;
 	mbedtls_pk_context own_key;
 	mbedtls_x509_crt ca;
@@ -96,21 +99,26 @@ static bool is_ip_literal(const char *host)
 	    strspn(host, "0123456789.") == strlen(host);
 }
 
-static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
-    char *err, size_t errlen)
+/*
+ * Set up conf for ctx's role and tunnel t: versions, groups, suites, peer
+ * checks, own certificate, tickets. A client's pool configuration is a
+ * second conf set up the same way (plus ALPN), so the two cannot drift.
+ */
+static int conf_setup(struct tls_ctx *ctx, mbedtls_ssl_config *conf,
+    const struct cfg_tunnel *t, char *err, size_t errlen)
 {
 	char msg[200];
 	int endpoint = ctx->role == CFG_SERVER ? MBEDTLS_SSL_IS_SERVER :
 	    MBEDTLS_SSL_IS_CLIENT;
-	int rc = mbedtls_ssl_config_defaults(&ctx->conf, endpoint,
+	int rc = mbedtls_ssl_config_defaults(conf, endpoint,
 	    MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
 	if (rc != 0) {
 		snprintf(err, errlen, "[%s] TLS set-up failed: %s", t->name,
 		    log_tlserr(rc, msg, sizeof msg));
 		return -1;
 	}
-	compat_conf_versions(&ctx->conf);
-	compat_conf_groups(&ctx->conf);
+	compat_conf_versions(conf);
+	compat_conf_groups(conf);
 	/*
 	 * Default order: ChaCha20-Poly1305 first: with Debian's mbedTLS 2.28
 	 * it measured ~380 MB/s on one core here against ~230 MB/s for
@@ -124,23 +132,23 @@ static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 	for (size_t i = 0; i < norder; i++)
 		n += compat_suites_for(order[i], &ctx->suites[n]);
 	ctx->suites[n] = 0;
-	mbedtls_ssl_conf_ciphersuites(&ctx->conf, ctx->suites);
-	mbedtls_ssl_conf_rng(&ctx->conf, rng_random, NULL);
+	mbedtls_ssl_conf_ciphersuites(conf, ctx->suites);
+	mbedtls_ssl_conf_rng(conf, rng_random, NULL);
 #if defined(MBEDTLS_SSL_RENEGOTIATION)
-	mbedtls_ssl_conf_renegotiation(&ctx->conf,
+	mbedtls_ssl_conf_renegotiation(conf,
 	    MBEDTLS_SSL_RENEGOTIATION_DISABLED);
 #endif
-	mbedtls_ssl_conf_legacy_renegotiation(&ctx->conf,
+	mbedtls_ssl_conf_legacy_renegotiation(conf,
 	    MBEDTLS_SSL_LEGACY_NO_RENEGOTIATION);
 	/*
 	 * OPTIONAL, not REQUIRED: with pins and no CA a self-signed peer must
 	 * reach the verify callback, which is where the decision is made;
 	 * a peer without a certificate is refused by tls_check_peer.
 	 */
-	mbedtls_ssl_conf_authmode(&ctx->conf, MBEDTLS_SSL_VERIFY_OPTIONAL);
+	mbedtls_ssl_conf_authmode(conf, MBEDTLS_SSL_VERIFY_OPTIONAL);
 	if (ctx->has_ca)
-		mbedtls_ssl_conf_ca_chain(&ctx->conf, &ctx->ca, NULL);
-	rc = mbedtls_ssl_conf_own_cert(&ctx->conf, &ctx->own_crt, &ctx->own_key);
+		mbedtls_ssl_conf_ca_chain(conf, &ctx->ca, NULL);
+	rc = mbedtls_ssl_conf_own_cert(conf, &ctx->own_crt, &ctx->own_key);
 	if (rc != 0) {
 		snprintf(err, errlen, "[%s] cert: %s: cannot be used: %s",
 		    t->name, t->cert, log_tlserr(rc, msg, sizeof msg));
@@ -148,14 +156,14 @@ static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 	}
 	ctx->resumption = t->resumption;
 	if (!ctx->resumption) {
-		mbedtls_ssl_conf_session_tickets(&ctx->conf,
+		mbedtls_ssl_conf_session_tickets(conf,
 		    MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
 		return 0;
 	}
 	if (ctx->role == CFG_CLIENT)
-		compat_conf_client_tickets(&ctx->conf);
+		compat_conf_client_tickets(conf);
 	else
-		compat_conf_server_tls13_tickets_off(&ctx->conf);
+		compat_conf_server_tls13_tickets_off(conf);
 	if (ctx->role == CFG_SERVER && t->ticket_key_file != NULL) {
 		char why[400];
 		warn_if_exposed(t, t->ticket_key_file);
@@ -165,7 +173,7 @@ static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 			    why);
 			return -1;
 		}
-		mbedtls_ssl_conf_session_tickets_cb(&ctx->conf, ticket_write,
+		mbedtls_ssl_conf_session_tickets_cb(conf, ticket_write,
 		    ticket_parse, ctx->shared_keys);
 	} else if (ctx->role == CFG_SERVER) {
 #if defined(MBEDTLS_THREADING_C)
@@ -180,7 +188,7 @@ static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 			    log_tlserr(rc, msg, sizeof msg));
 			return -1;
 		}
-		mbedtls_ssl_conf_session_tickets_cb(&ctx->conf,
+		mbedtls_ssl_conf_session_tickets_cb(conf,
 		    mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
 		    &ctx->ticket);
 #else
@@ -194,7 +202,7 @@ static int conf_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 			    why);
 			return -1;
 		}
-		mbedtls_ssl_conf_session_tickets_cb(&ctx->conf, ticket_write,
+		mbedtls_ssl_conf_session_tickets_cb(conf, ticket_write,
 		    ticket_parse, ctx->shared_keys);
 #endif
 	}
@@ -219,6 +227,37 @@ static void ec_warm(mbedtls_pk_context *pk)
 	    dummy_sig, sizeof dummy_sig);
 }
 
+/*
+ * ALPN, for the pool (see preamble.h). The server always lists upseal/1:
+ * a client offering it gets it, a client offering no ALPN gets the plain
+ * behaviour (mbedTLS refuses a client that offers only other protocols,
+ * with no_application_protocol). The client offers it only on pool
+ * connections, from a second configuration (mbedTLS sets ALPN per
+ * configuration, not per connection): an ordinary connection's
+ * ClientHello stays as it was.
+ */
+static int alpn_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
+    char *err, size_t errlen)
+{
+	char msg[200];
+	mbedtls_ssl_config *conf = &ctx->conf;
+	if (ctx->role == CFG_CLIENT) {
+		if (t->pool == 0)
+			return 0;
+		if (conf_setup(ctx, &ctx->pool_conf, t, err, errlen) != 0)
+			return -1;
+		ctx->has_pool_conf = true;
+		conf = &ctx->pool_conf;
+	}
+	int rc = mbedtls_ssl_conf_alpn_protocols(conf, preamble_alpn_list());
+	if (rc != 0) {
+		snprintf(err, errlen, "[%s] TLS set-up failed (ALPN): %s",
+		    t->name, log_tlserr(rc, msg, sizeof msg));
+		return -1;
+	}
+	return 0;
+}
+
 int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
     struct tls_ctx **out, char *err, size_t errlen)
 {
@@ -233,6 +272,7 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 		goto fail_nomem;
 	ctx->role = role;
 	mbedtls_ssl_config_init(&ctx->conf);
+	mbedtls_ssl_config_init(&ctx->pool_conf);
 	mbedtls_x509_crt_init(&ctx->own_crt);
 	mbedtls_pk_init(&ctx->own_key);
 	mbedtls_x509_crt_init(&ctx->ca);
@@ -282,7 +322,9 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 		    (ctx->server_name = strdup(name)) == NULL)
 			goto fail_nomem;
 	}
-	if (conf_setup(ctx, t, err, errlen) != 0)
+	if (conf_setup(ctx, &ctx->conf, t, err, errlen) != 0)
+		goto fail;
+	if (alpn_setup(ctx, t, err, errlen) != 0)
 		goto fail;
 	ec_warm(&ctx->own_key);
 	for (mbedtls_x509_crt *c = &ctx->ca; ctx->has_ca && c != NULL;
@@ -303,6 +345,7 @@ void tls_ctx_free(struct tls_ctx *ctx)
 	if (ctx == NULL)
 		return;
 	mbedtls_ssl_config_free(&ctx->conf);
+	mbedtls_ssl_config_free(&ctx->pool_conf);
 	mbedtls_x509_crt_free(&ctx->own_crt);
 	mbedtls_pk_free(&ctx->own_key);	/* zeroizes the key */
 	mbedtls_x509_crt_free(&ctx->ca);
@@ -358,12 +401,13 @@ static int verify_cb(void *arg, mbedtls_x509_crt *crt, int depth,
 	return 0;
 }
 
-int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
+static int session_setup(const struct tls_ctx *ctx,
+    const mbedtls_ssl_config *conf, mbedtls_ssl_context *ssl,
     struct tls_peer *peer)
 {
 	memset(peer, 0, sizeof *peer);
 	peer->ctx = ctx;
-	int rc = mbedtls_ssl_setup(ssl, &ctx->conf);
+	int rc = mbedtls_ssl_setup(ssl, conf);
 	if (rc != 0)
 		return rc;
 	mbedtls_ssl_set_verify(ssl, verify_cb, peer);
@@ -375,6 +419,19 @@ int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
 			return rc;
 	}
 	return 0;
+}
+
+int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
+    struct tls_peer *peer)
+{
+	return session_setup(ctx, &ctx->conf, ssl, peer);
+}
+
+int tls_session_setup_pool(const struct tls_ctx *ctx,
+    mbedtls_ssl_context *ssl, struct tls_peer *peer)
+{
+	return session_setup(ctx, ctx->has_pool_conf ? &ctx->pool_conf :
+	    &ctx->conf, ssl, peer);
 }
 
 enum tls_verdict tls_check_peer(mbedtls_ssl_context *ssl, struct tls_peer *peer)

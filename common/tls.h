@@ -38,7 +38,9 @@ struct tls_peer {
 
 /*
  * Build the configuration for tunnel t in role: loads cert, key (and
- * checks they are a pair) and ca. On error returns -1 and err names the
+ * checks they are a pair) and ca. A server's configuration lists the ALPN
+ * protocol upseal/1; a client's with pool > 0 gets a second one that
+ * offers it (tls_session_setup_pool). On error returns -1 and err names the
  * tunnel, the file and what is wrong. *out is owned by the caller
  * (tls_ctx_free); it keeps no pointer into t.
  */
@@ -63,6 +65,14 @@ int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
  * the session must have verified). Fills peer->pin and returns the
  * verdict.
  */
+/*
+ * The same for a client's pool connection: its ClientHello also offers
+ * the ALPN protocol upseal/1 (preamble.h). Needs a context built for a
+ * tunnel with pool > 0 (else the same as tls_session_setup).
+ */
+int tls_session_setup_pool(const struct tls_ctx *ctx,
+    mbedtls_ssl_context *ssl, struct tls_peer *peer);
+
 enum tls_verdict tls_check_peer(mbedtls_ssl_context *ssl, struct tls_peer *peer);
 
 /*

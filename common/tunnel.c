@@ -14,6 +14,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "pool.h"
 
 #define LISTEN_BACKLOG 511
 
@@ -470,6 +471,7 @@ int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
 	l->fd[worker] = -1;
 	t->loop = loop;
 	t->worker = worker;
+	t->nworkers = l->n;
 	t->conf = tunnel_conf_hold(conf);
 	t->stats = tunnel_stats_hold(stats);
 	t->role = role;
@@ -484,6 +486,7 @@ int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
 	/* No spare (no descriptor left): libuv's own reserve must do. */
 	t->spare_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	*out = t;
+	pool_configure(t);
 	return 0;
 
 fail:
@@ -524,16 +527,21 @@ void tunnel_log_start(const struct cfg_tunnel *cfg, enum cfg_role role,
 void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf)
 {
 	struct tunnel_conf *old = t->conf;
+	/* Pool conns of the old settings go; new ones are opened. */
+	if (t->role == CFG_CLIENT)
+		pool_flush(t, "pool_flush");
 	t->conf = tunnel_conf_hold(conf);
 	tunnel_conf_release(old);
+	pool_configure(t);
 	/* A raised max_connections lets a held connection in. */
 	tunnel_resume_accept(t);
 }
 
 static void check_empty(struct tunnel *t)
 {
-	if (t->stopping && t->live == 0 && !t->listener_open &&
-	    !t->listener_closing && !t->pause_timer_open && t->on_empty) {
+	if (t->stopping && t->live == 0 && t->pool.live == 0 &&
+	    !t->listener_open && !t->listener_closing && !t->pause_timer_open &&
+	    t->on_empty) {
 		void (*cb)(struct tunnel *) = t->on_empty;
 		t->on_empty = NULL;
 		cb(t);
@@ -560,6 +568,8 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 		return;
 	t->stopping = true;
 	t->on_empty = on_empty;
+	/* Unused pool conns hold nothing a client waits for: close them now. */
+	pool_flush(t, "drain");
 	if (tunnel_cfg(t)->listen.kind == ADDR_UNIX && t->owns_path)
 		unlink(tunnel_cfg(t)->listen.path);
 	if (t->listener_open) {
@@ -598,6 +608,13 @@ void tunnel_conn_freed(struct tunnel *t)
 				waker(w);	/* it retries on its own loop */
 		}
 	}
+	check_empty(t);
+}
+
+void tunnel_pool_conn_freed(struct tunnel *t)
+{
+	t->pool.live--;
+	pool_fill(t);
 	check_empty(t);
 }
 

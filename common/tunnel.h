@@ -41,6 +41,7 @@ struct tunnel_conf {
 struct tunnel {
 	uv_loop_t *loop;
 	unsigned worker;		/* the event-loop thread it runs on */
+	unsigned nworkers;		/* how many run a copy of it */
 	uint64_t id;			/* the same on every worker */
 	struct tunnel_conf *conf;	/* current settings (held) */
 	enum cfg_role role;
@@ -71,6 +72,21 @@ struct tunnel {
 	 * address, so they carry on instead of resetting.
 	 */
 	struct tunnel_stats *stats;
+	/*
+	 * Client role, pool = N: handshaken connections kept ready (pool.c).
+	 * Pool connections are in conns but not in live: they do not count
+	 * against max_connections until a client takes one.
+	 */
+	struct tunnel_pool {
+		unsigned target;	/* how many to keep: pool_configure */
+		unsigned live;		/* pool conns not yet freed, any phase */
+		unsigned ready;		/* of those, waiting in the ready list */
+		struct conn *ready_list;	/* most recently ready first */
+		unsigned failures;	/* failed in a row; 0: healthy */
+		uint64_t backoff_ms;	/* current retry delay in a failure streak */
+		uint64_t retry_at;	/* uv_now when the next attempt may dial */
+		bool announce;		/* log pool_filled when full next */
+	} pool;
 };
 
 /*
@@ -162,5 +178,8 @@ void tunnel_free(struct tunnel *t);
 
 /* Called by conn.c when a connection has been freed. */
 void tunnel_conn_freed(struct tunnel *t);
+
+/* Called by conn.c when a pool connection (never handed off) was freed. */
+void tunnel_pool_conn_freed(struct tunnel *t);
 
 #endif

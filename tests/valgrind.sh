@@ -15,7 +15,8 @@ reject.wrong_client_pin_server_refuses
 reject.no_client_certificate
 lifecycle.idle_timeout
 lifecycle.backend_refused_then_back
-workers.drain_covers_every_worker"}
+workers.drain_covers_every_worker
+pool.request_served_by_pooled_connection"}
 
 if ! command -v valgrind >/dev/null; then
 	echo "valgrind is not installed (tests/deps.sh installs it)"

@@ -8,7 +8,7 @@
  *
  * The identities (server and a pinned client, ECDSA P-256 from
  * certs/x509gen.c) are made once per process into a temp dir that is
- * removed at exit. No key material is kept in the repository.
+ * removed at exit (fuzz_ids.h). No key material is kept in the repository.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -18,8 +18,8 @@
 
 #include <mbedtls/ssl.h>
 
-#include "../../certs/x509gen.h"
 #include "config.h"
+#include "fuzz_ids.h"
 #include "log.h"
 #include "pin.h"
 #include "rng.h"
@@ -28,8 +28,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
-static char dir[64];
-static char crt_path[128], key_path[128];
+static char crt_path[FUZZ_PATH_MAX], key_path[FUZZ_PATH_MAX];
 static struct tls_ctx *ctx;
 
 struct feed {
@@ -62,55 +61,14 @@ static int bio_send(void *p, const unsigned char *buf, size_t len)
 
 static void die(const char *what, const char *err)
 {
-	fprintf(stderr, "fuzz_tls_server: %s: %s\n", what, err);
-	abort();
-}
-
-static void write_file(const char *path, const unsigned char *buf, size_t len)
-{
-	FILE *f = fopen(path, "wb");
-	if (f == NULL || fwrite(buf, 1, len, f) != len || fclose(f) != 0)
-		die("write", path);
-}
-
-/* One identity: key + self-signed certificate written to dir/name.{key,crt}. */
-static void make_identity(const char *name, char *crt_out, char *key_out,
-    struct pin *pin)
-{
-	char err[256];
-	mbedtls_pk_context key;
-	unsigned char *pem = NULL;
-	size_t len = 0, sz = 0;
-	mbedtls_pk_init(&key);
-	if (x509gen_key(&key, err, sizeof err) != 0)
-		die("key", err);
-	if (x509gen_key_pem(&key, &pem, &len, &sz, err, sizeof err) != 0)
-		die("key pem", err);
-	snprintf(key_out, 128, "%s/%s.key", dir, name);
-	write_file(key_out, pem, len);
-	mbedtls_platform_zeroize(pem, sz);
-	free(pem);
-	struct x509gen_opts o = { .name = name, .days = 30 };
-	if (x509gen_crt_pem(&o, &key, &pem, &len, err, sizeof err) != 0)
-		die("crt", err);
-	snprintf(crt_out, 128, "%s/%s.crt", dir, name);
-	write_file(crt_out, pem, len);
-	free(pem);
-	if (pin_of_pk(&key, pin) != 0)
-		die("pin", name);
-	mbedtls_pk_free(&key);
+	fuzz_die("fuzz_tls_server", what, err);
 }
 
 static void cleanup(void)
 {
+	static const char *const names[] = { "srv", "cli" };
 	tls_ctx_free(ctx);
-	char p[160];
-	const char *names[] = { "srv.key", "srv.crt", "cli.key", "cli.crt" };
-	for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-		snprintf(p, sizeof p, "%s/%s", dir, names[i]);
-		unlink(p);
-	}
-	rmdir(dir);
+	fuzz_ids_cleanup(names, 2);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -121,14 +79,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	log_setup(LOG_ERROR, false);
 	if (rng_init() != 0)
 		die("rng", "cannot seed");
-	snprintf(dir, sizeof dir, "/tmp/upseal-fuzz-tls-XXXXXX");
-	if (mkdtemp(dir) == NULL)
-		die("mkdtemp", dir);
+	fuzz_ids_init();
 	atexit(cleanup);
-	char ccrt[128], ckey[128];
+	char ccrt[FUZZ_PATH_MAX], ckey[FUZZ_PATH_MAX];
 	struct pin srv_pin, cli_pin;
-	make_identity("srv", crt_path, key_path, &srv_pin);
-	make_identity("cli", ccrt, ckey, &cli_pin);
+	fuzz_make_identity("srv", crt_path, key_path, &srv_pin);
+	fuzz_make_identity("cli", ccrt, ckey, &cli_pin);
 
 	static struct pin pins[1];
 	pins[0] = cli_pin;

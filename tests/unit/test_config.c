@@ -762,3 +762,51 @@ TEST(config_ciphers_and_tickets)
 	CLIENT_ERR(CLIENT_APP "ticket_key_file = t.key\n",
 	    "client.ini:7: [app] ticket_key_file: only meaningful in server.ini");
 }
+
+TEST(config_pool)
+{
+	struct cfg *c = load_ok(CFG_CLIENT, "client.ini", CLIENT_APP);
+	if (c != NULL) {
+		/* Off by default; a ready connection lives a minute. */
+		CHECK_INT(c->tunnels[0].pool, 0);
+		CHECK_INT(c->tunnels[0].pool_idle_ms, 60 * 1000);
+		cfg_free(c);
+	}
+	c = load_ok(CFG_CLIENT, "client.ini", CLIENT_APP
+	    "pool = 8\npool_idle = 30s\n");
+	if (c != NULL) {
+		CHECK_INT(c->tunnels[0].pool, 8);
+		CHECK_INT(c->tunnels[0].pool_idle_ms, 30 * 1000);
+		cfg_free(c);
+	}
+	c = load_ok(CFG_CLIENT, "client.ini", CLIENT_APP "pool = 1000\n");
+	if (c != NULL) {
+		CHECK_INT(c->tunnels[0].pool, 1000);
+		cfg_free(c);
+	}
+	CLIENT_ERR(CLIENT_APP "pool = 1001\n",
+	    "client.ini:7: [app] pool: \"1001\" is out of range; expected a "
+	    "number from 0 to 1000");
+	CLIENT_ERR(CLIENT_APP "pool = -1\n",
+	    "client.ini:7: [app] pool: \"-1\" is not a number");
+	CLIENT_ERR(CLIENT_APP "pool = many\n",
+	    "client.ini:7: [app] pool: \"many\" is not a number");
+	CLIENT_ERR(CLIENT_APP "pool = 2\npool = 3\n",
+	    "client.ini:8: [app] pool: duplicate key; first at line 7");
+	CLIENT_ERR(CLIENT_APP "pool_idle = 0\n",
+	    "client.ini:7: [app] pool_idle: \"0\" is out of range; expected a "
+	    "duration from 1ms to 1h");
+	CLIENT_ERR(CLIENT_APP "pool_idle = 2h\n",
+	    "client.ini:7: [app] pool_idle: \"2h\" is out of range");
+	CLIENT_ERR(CLIENT_APP "pool_idle = 30\n",
+	    "client.ini:7: [app] pool_idle: \"30\" has no unit");
+	/* Client-only keys, refused in the server's file like server_name. */
+	SERVER_ERR(SERVER_APP "pool = 4\n",
+	    "server.ini:7: [app] pool: only meaningful in client.ini; "
+	    "expected no pool in the server's file");
+	SERVER_ERR(SERVER_APP "pool_idle = 10s\n",
+	    "server.ini:7: [app] pool_idle: only meaningful in client.ini");
+	/* Not a process-wide key. */
+	CLIENT_ERR("[upseal]\npool = 4\n" CLIENT_APP,
+	    "client.ini:2: [upseal] pool: unknown key");
+}

@@ -1,0 +1,461 @@
+/*
+ * pool: pre-handshaken connections, both sides (see pool.h). The client
+ * side keeps t->pool.target connections ready; the server side waits for
+ * the preamble on connections that negotiated upseal/1.
+ *
+ * A client's pool conn is a struct conn with c->pool set: in t->conns
+ * (so tunnel_drop_all reaches it) but counted in t->pool.live, not in
+ * t->live, so it neither counts against max_connections nor shows in
+ * upseal_connections_open, and its end is logged here (debug, or one
+ * warning per failure streak) instead of as a conn_end. pool_take turns
+ * it into an ordinary accepted connection, which then logs its conn_end
+ * like any other.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <mbedtls/error.h>
+
+#include "compat.h"
+#include "conn_int.h"
+#include "log.h"
+#include "pool.h"
+#include "preamble.h"
+
+/* Refill failures: wait 1 s, doubling up to 30 s, between attempts. */
+#define POOL_BACKOFF_MIN_MS 1000
+#define POOL_BACKOFF_MAX_MS (30 * 1000)
+
+/* ---- the ready list ---- */
+
+static void ready_push(struct conn *c)
+{
+	struct tunnel_pool *p = &c->tun->pool;
+	c->ready_prev = NULL;
+	c->ready_next = p->ready_list;
+	if (p->ready_list != NULL)
+		p->ready_list->ready_prev = c;
+	p->ready_list = c;
+	p->ready++;
+	STAT_ADD(c->tun->stats->pool_ready, 1);
+}
+
+static void ready_unlink(struct conn *c)
+{
+	struct tunnel_pool *p = &c->tun->pool;
+	if (c->ready_prev != NULL)
+		c->ready_prev->ready_next = c->ready_next;
+	else
+		p->ready_list = c->ready_next;
+	if (c->ready_next != NULL)
+		c->ready_next->ready_prev = c->ready_prev;
+	c->ready_prev = c->ready_next = NULL;
+	p->ready--;
+	atomic_fetch_sub_explicit(&c->tun->stats->pool_ready, 1, memory_order_relaxed);
+}
+
+/* ---- filling ---- */
+
+/* One new pool conn: dial now, or after delay_ms (backoff). */
+static int pool_open(struct tunnel *t, uint64_t delay_ms)
+{
+	struct conn *c = conn_new(t);
+	if (c == NULL)
+		return -1;	/* the next freed or readied conn tries again */
+	c->pool = true;
+	t->pool.live++;
+	if (delay_ms > 0) {
+		c->phase = PH_POOL_WAIT;
+		conn_phase_timer(c, delay_ms);
+	} else {
+		conn_dial(c);
+	}
+	return 0;
+}
+
+void pool_fill(struct tunnel *t)
+{
+	struct tunnel_pool *p = &t->pool;
+	while (!t->stopping && p->live < p->target) {
+		uint64_t delay = 0;
+		if (p->failures > 0) {
+			/* In a failure streak: one attempt at a time. */
+			if (p->live > p->ready)
+				return;
+			uint64_t now = uv_now(t->loop);
+			delay = p->retry_at > now ? p->retry_at - now : 0;
+		}
+		if (pool_open(t, delay) != 0)
+			return;
+	}
+}
+
+/*
+ * A failure streak is this worker's; the warning and the recovery line are
+ * the tunnel's: the first worker to enter a streak warns, the last to
+ * leave one says it recovered.
+ */
+static bool streak_begin(struct tunnel *t)
+{
+	return atomic_fetch_add(&t->stats->pool_failing, 1) == 0;
+}
+
+static bool streak_end(struct tunnel *t)
+{
+	struct tunnel_pool *p = &t->pool;
+	if (p->failures == 0)
+		return false;
+	p->failures = 0;
+	return atomic_fetch_sub(&t->stats->pool_failing, 1) == 1;
+}
+
+void pool_configure(struct tunnel *t)
+{
+	struct tunnel_pool *p = &t->pool;
+	streak_end(t);
+	/* Each worker keeps its share of the tunnel's pool. */
+	unsigned pool = t->role == CFG_CLIENT ? tunnel_cfg(t)->pool : 0;
+	unsigned n = t->nworkers ? t->nworkers : 1;
+	p->target = pool / n + (t->worker < pool % n ? 1 : 0);
+	p->failures = 0;
+	p->backoff_ms = 0;
+	p->retry_at = 0;
+	p->announce = p->target > 0;
+	pool_fill(t);
+}
+
+/* Say goodbye properly to a server that waits for our preamble. */
+static void close_notify(struct conn *c)
+{
+	if (c->ssl_init && c->tls_open && mbedtls_ssl_close_notify(&c->ssl) == 0)
+		relay_flush_tls(c);
+}
+
+static bool streak_end(struct tunnel *t);
+
+void pool_flush(struct tunnel *t, const char *reason)
+{
+	if (t->stopping)
+		streak_end(t);	/* this worker is out of the tunnel's streak */
+	/* conn_drop frees nothing before the loop runs: the list holds. */
+	for (struct conn *c = t->conns; c != NULL; c = conn_next(c)) {
+		if (c->dropped || !(c->pool || c->phase == PH_PREAMBLE))
+			continue;
+		if (c->phase == PH_POOLED)
+			close_notify(c);
+		conn_drop(c, reason);
+	}
+}
+
+/* ---- the client's pool conns ---- */
+
+static void log_pool_line(struct conn *c, enum log_level level,
+    const char *event, const char *reason)
+{
+	struct log_line l;
+	char pin[PIN_TEXT_MAX];
+	log_begin(&l, level, event);
+	if (!l.on)
+		return;
+	log_str(&l, "tunnel", conn_cfg(c)->name);
+	log_u64(&l, "id", c->id);
+	if (reason != NULL)
+		log_str(&l, "reason", reason);
+	if (c->phase == PH_POOLED)
+		log_u64(&l, "age_ms", uv_now(conn_loop(c)) - c->pooled_at);
+	if (c->peer.verdict != TLS_PEER_OK && c->peer.has_pin) {
+		pin_format(&c->peer.pin, pin);
+		log_str(&l, "presented_pin", pin);
+	}
+	if (c->error[0])
+		log_str(&l, "error", c->error);
+	if (strcmp(event, "pool_failed") == 0) {
+		uint64_t now = uv_now(conn_loop(c));
+		uint64_t at = c->tun->pool.retry_at;
+		log_u64(&l, "retry_ms", at > now ? at - now : 0);
+		if (level == LOG_WARN)
+			log_str(&l, "msg", "cannot open pool connections; "
+			    "retrying with backoff (further failures of this "
+			    "streak are logged at debug level)");
+	}
+	log_end(&l);
+}
+
+static bool reason_is_ours(const char *reason)
+{
+	return strcmp(reason, "drain") == 0 || strcmp(reason, "pool_flush") == 0;
+}
+
+/* A pool conn failed before it was ready: back off, warn once a streak. */
+static void pool_failed(struct conn *c, const char *reason)
+{
+	struct tunnel *t = c->tun;
+	struct tunnel_pool *p = &t->pool;
+	uint64_t now = uv_now(t->loop);
+	STAT_ADD(t->stats->pool_failures, 1);
+	bool first = ++p->failures == 1 && streak_begin(t);
+	/* Failures of one round (all in flight at once) double it once. */
+	if (now >= p->retry_at) {
+		p->backoff_ms = p->backoff_ms == 0 ? POOL_BACKOFF_MIN_MS :
+		    p->backoff_ms * 2 > POOL_BACKOFF_MAX_MS ? POOL_BACKOFF_MAX_MS :
+		    p->backoff_ms * 2;
+		p->retry_at = now + p->backoff_ms;
+	}
+	log_pool_line(c, first ? LOG_WARN : LOG_DEBUG, "pool_failed", reason);
+}
+
+void pool_ended(struct conn *c, const char *reason)
+{
+	if (c->phase == PH_POOLED) {
+		ready_unlink(c);
+		log_pool_line(c, LOG_DEBUG, "pool_conn_end", reason);
+		return;
+	}
+	if (reason_is_ours(reason)) {
+		log_pool_line(c, LOG_DEBUG, "pool_conn_end", reason);
+		return;
+	}
+	pool_failed(c, reason);
+}
+
+void pool_handshaken(struct conn *c)
+{
+	struct tunnel *t = c->tun;
+	struct tunnel_pool *p = &t->pool;
+	if (!preamble_negotiated(&c->ssl)) {
+		/*
+		 * Not an upseal-server that knows the pool (or an older one):
+		 * it has dialed its backend already. Close; retry with backoff,
+		 * so a server upgraded later is picked up.
+		 */
+		conn_errorf(c, "the server did not select ALPN " PREAMBLE_ALPN
+		    " (not an upseal-server, or one without the pool); pooled "
+		    "connections need it");
+		close_notify(c);
+		conn_fail(c, "pool_unsupported", false);
+		return;
+	}
+	if (p->failures > 0) {
+		unsigned failures = p->failures;
+		struct log_line l;
+		log_begin(&l, streak_end(t) ? LOG_INFO : LOG_DEBUG,
+		    "pool_recovered");
+		log_str(&l, "tunnel", conn_cfg(c)->name);
+		log_u64(&l, "failures", failures);
+		log_end(&l);
+		p->backoff_ms = 0;
+		p->retry_at = 0;
+		p->announce = true;
+	}
+	c->phase = PH_POOLED;
+	c->pooled_at = uv_now(conn_loop(c));
+	ready_push(c);
+	/*
+	 * Replaced after pool_idle, less up to a quarter spread by id, so
+	 * that connections opened together are not all replaced together.
+	 */
+	uint64_t idle = conn_cfg(c)->pool_idle_ms;
+	conn_phase_timer(c, idle - (idle / 4) * ((c->id * 2654435761u) % 1024) /
+	    1024);
+	log_pool_line(c, LOG_DEBUG, "pool_conn_ready", NULL);
+	if (p->announce && p->ready >= p->target) {
+		struct log_line l;
+		p->announce = false;
+		log_begin(&l, LOG_INFO, "pool_filled");
+		log_str(&l, "tunnel", conn_cfg(c)->name);
+		log_u64(&l, "size", p->target);
+		log_end(&l);
+	}
+	relay_tls_reading(c);
+	if (!c->dropped)
+		pool_tls_input(c);	/* what came with the handshake */
+	pool_fill(t);
+}
+
+struct conn *pool_take(struct tunnel *t)
+{
+	struct tunnel_pool *p = &t->pool;
+	struct conn *c = p->ready_list;
+	if (c == NULL) {
+		/* A worker whose share is 0 misses too: the tunnel has a pool. */
+		if (t->role == CFG_CLIENT && tunnel_cfg(t)->pool > 0)
+			STAT_ADD(t->stats->pool_misses, 1);
+		return NULL;
+	}
+	ready_unlink(c);
+	c->pool = false;	/* an accepted connection from now on */
+	p->live--;
+	pool_fill(t);
+	return c;
+}
+
+void pool_handoff(struct conn *c)
+{
+	STAT_ADD(c->tun->stats->pool_handoffs, 1);
+	log_pool_line(c, LOG_DEBUG, "pool_handoff", NULL);
+	int rc = preamble_send(&c->ssl);
+	if (rc != 0) {
+		conn_error_tls(c, "TLS write (preamble)", rc);
+		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? "nomem" :
+		    "tls_error", true);
+		return;
+	}
+	relay_flush_tls(c);
+	if (!c->dropped)
+		relay_start(c);	/* the idle timeout starts now */
+}
+
+/*
+ * In TLS 1.2 with renegotiation off, the only answer mbedTLS gives from a
+ * read is the no_renegotiation alert. Send it and end (as tls_drain does).
+ */
+static bool renegotiating(struct conn *c)
+{
+	if (c->tls_out == NULL || c->tls_out->len == 0 ||
+	    !compat_is_tls12(&c->ssl))
+		return false;
+	relay_flush_tls(c);
+	conn_errorf(c, "the peer tried to renegotiate (refused)");
+	conn_fail(c, "renegotiation", true);
+	return true;
+}
+
+/* Whether a WANT_READ left input that a further read may take. */
+static bool more_input(struct conn *c, size_t *stalled_at)
+{
+	if ((c->in_len > 0 || mbedtls_ssl_check_pending(&c->ssl)) &&
+	    c->in_len != *stalled_at) {
+		*stalled_at = c->in_len;
+		return true;
+	}
+	return false;
+}
+
+/* Client, PH_POOLED: the server may only close (or send a TLS 1.3 ticket). */
+static void pooled_input(struct conn *c)
+{
+	size_t stalled_at = SIZE_MAX;
+	unsigned char buf[64];
+	while (!c->dropped) {
+		int rc = mbedtls_ssl_read(&c->ssl, buf, sizeof buf);
+		if (renegotiating(c))
+			return;
+		if (rc > 0) {
+			conn_errorf(c, "the server sent data before the "
+			    "pool preamble");
+			conn_fail(c, "tls_error", true);
+			return;
+		}
+		if (rc == MBEDTLS_ERR_SSL_WANT_READ) {
+			if (more_input(c, &stalled_at))
+				continue;
+			return;
+		}
+#if defined(MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
+		if (rc == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET) {
+			tls_session_save(c->conf->tls, &c->ssl);
+			continue;
+		}
+#endif
+		if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY ||
+		    rc == MBEDTLS_ERR_SSL_CONN_EOF) {
+			conn_drop(c, "pool_closed");	/* and refill */
+			return;
+		}
+		conn_error_tls(c, "TLS read", rc);
+		conn_fail(c, "tls_error", true);
+		return;
+	}
+}
+
+/* ---- the server's side: waiting for the preamble ---- */
+
+void pool_await_preamble(struct conn *c)
+{
+	if (c->tun->stopping) {	/* no backend will be dialed any more */
+		conn_drop(c, "drain");
+		return;
+	}
+	c->phase = PH_PREAMBLE;
+	c->pooled_at = uv_now(conn_loop(c));
+	/* No deadline with idle_timeout = 0, as for an open connection. */
+	conn_phase_timer(c, conn_cfg(c)->idle_timeout_ms);
+	relay_tls_reading(c);
+	if (!c->dropped)
+		pool_tls_input(c);	/* what came with the handshake */
+}
+
+static void preamble_input(struct conn *c)
+{
+	size_t stalled_at = SIZE_MAX;
+	while (!c->dropped) {
+		unsigned char byte;
+		int rc;
+		enum preamble_result r = preamble_recv(&c->ssl, &byte, &rc);
+		if (renegotiating(c))
+			return;
+		switch (r) {
+		case PREAMBLE_GO:
+			STAT_ADD(c->tun->stats->pool_handoffs, 1);
+			if (log_enabled(LOG_DEBUG)) {
+				struct log_line l;
+				log_begin(&l, LOG_DEBUG, "preamble");
+				log_str(&l, "tunnel", conn_cfg(c)->name);
+				log_u64(&l, "id", c->id);
+				log_u64(&l, "waited_ms",
+				    uv_now(conn_loop(c)) - c->pooled_at);
+				log_str(&l, "msg", "dialing the backend");
+				log_end(&l);
+			}
+			/* The rest of the record waits in mbedTLS for the relay. */
+			conn_dial(c);
+			return;
+		case PREAMBLE_BAD:
+			conn_errorf(c, "the first byte after the handshake was "
+			    "0x%02x, not the pool preamble 0x%02x (the peer "
+			    "negotiated ALPN " PREAMBLE_ALPN ")", byte,
+			    PREAMBLE_DIAL);
+			conn_fail(c, "bad_preamble", false);
+			return;
+		case PREAMBLE_CLOSED:
+			/* The client recycled or flushed an unused conn. */
+			conn_drop(c, "pool_closed");
+			return;
+		case PREAMBLE_ERROR:
+			conn_error_tls(c, "TLS read", rc);
+			conn_fail(c, "tls_error", false);
+			return;
+		case PREAMBLE_WAIT:
+			if (more_input(c, &stalled_at))
+				continue;
+			return;
+		}
+	}
+}
+
+void pool_tls_input(struct conn *c)
+{
+	if (c->phase == PH_PREAMBLE)
+		preamble_input(c);
+	else if (c->phase == PH_POOLED)
+		pooled_input(c);
+}
+
+void pool_timer(struct conn *c)
+{
+	switch (c->phase) {
+	case PH_POOL_WAIT:
+		conn_dial(c);	/* the backoff is over */
+		return;
+	case PH_POOLED:
+		STAT_ADD(c->tun->stats->pool_recycled, 1);
+		close_notify(c);
+		conn_drop(c, "pool_idle");	/* and refill */
+		return;
+	case PH_PREAMBLE:
+		conn_fail(c, "idle_timeout", false);
+		return;
+	default:
+		return;
+	}
+}
