@@ -5,7 +5,7 @@
  *
  *   load bulk     --addr IP:PORT --bytes N
  *       one connection, 'S' then N bytes, half-close, wait for the count.
- *   load rate     --addr IP:PORT --conc C [--seconds S] [--max N]
+ *   load rate     --addr IP:PORT --conc C [--seconds S] [--max N] [--gap-ms G]
  *       C connections at a time, each fresh: connect, 64-byte request,
  *       64-byte echo, close. conn/s and connect-to-first-byte p50/p99.
  *   load pingpong --addr IP:PORT [--count N]
@@ -210,6 +210,7 @@ struct slot {
 	enum phase ph;
 	double t0;
 	double first;       /* time of the first answer byte, 0 before */
+	double next_at;     /* rate --gap-ms: the slot's next start, not before */
 	unsigned char msg[MSG];
 	int got;
 };
@@ -327,7 +328,12 @@ static void check_deadlines(struct many *m, double t)
 	}
 }
 
-static int mode_rate(long conc, double seconds, long max)
+/*
+ * rate: each of conc slots opens a connection, sends 64 bytes, reads the
+ * echo, closes, and starts over; with gap_ms > 0 a slot waits that long
+ * between two connections (paced arrivals instead of back to back).
+ */
+static int mode_rate(long conc, double seconds, long max, double gap_ms)
 {
 	struct many m = { .ep = epoll_create1(EPOLL_CLOEXEC), .nslots = conc,
 	                  .caplat = max };
@@ -347,7 +353,8 @@ static int mode_rate(long conc, double seconds, long max)
 		long active = 0;
 		for (long i = 0; i < conc; i++) {
 			struct slot *s = &m.s[i];
-			if (s->ph == P_FREE && open_more && started < max) {
+			if (s->ph == P_FREE && open_more && started < max &&
+			    t >= s->next_at) {
 				started++;
 				slot_start(&m, s, seed++);
 			}
@@ -358,11 +365,16 @@ static int mode_rate(long conc, double seconds, long max)
 			break;
 		if (t > tend + DEADLINE_S)
 			break;
-		int n = epoll_wait(m.ep, evs, 256, 100);
+		int wait_ms = 100;
+		if (gap_ms > 0 && open_more)
+			wait_ms = gap_ms < 1 ? 1 : (int)gap_ms;
+		int n = epoll_wait(m.ep, evs, 256, active < conc ? wait_ms : 100);
 		for (int i = 0; i < n; i++) {
 			struct slot *s = evs[i].data.ptr;
-			if (slot_event(&m, s, evs[i].events) == 1)
+			if (slot_event(&m, s, evs[i].events) == 1) {
 				slot_close(&m, s);
+				s->next_at = now() + gap_ms / 1000.0;
+			}
 		}
 		check_deadlines(&m, now());
 	}
@@ -440,7 +452,8 @@ static void usage(void)
 {
 	fprintf(stderr,
 	        "usage: load bulk|rate|pingpong|idle --addr IP:PORT [--bytes N] "
-	        "[--conc C] [--seconds S] [--max N] [--count N] [--conns N]\n");
+	        "[--conc C] [--seconds S] [--max N] [--count N] [--conns N] "
+	        "[--gap-ms G]\n");
 	exit(2);
 }
 
@@ -451,7 +464,7 @@ int main(int argc, char **argv)
 	const char *mode = argv[1], *addr = NULL;
 	unsigned long long bytes = 1ULL << 30;
 	long conc = 1, max = 200000, count = 2000, conns = 100;
-	double seconds = 2.0;
+	double seconds = 2.0, gap_ms = 0;
 	bool conc_set = false;
 	for (int i = 2; i < argc; i++) {
 		const char *k = argv[i];
@@ -473,6 +486,8 @@ int main(int argc, char **argv)
 			count = atol(v);
 		else if (strcmp(k, "--conns") == 0)
 			conns = atol(v);
+		else if (strcmp(k, "--gap-ms") == 0)
+			gap_ms = atof(v);
 		else
 			usage();
 	}
@@ -495,7 +510,7 @@ int main(int argc, char **argv)
 	if (strcmp(mode, "pingpong") == 0)
 		return mode_pingpong(count);
 	if (strcmp(mode, "rate") == 0)
-		return mode_rate(conc, seconds, max);
+		return mode_rate(conc, seconds, max, gap_ms);
 	if (strcmp(mode, "idle") == 0)
 		return mode_idle(conns, conc_set ? conc : 32);
 	usage();
