@@ -9,7 +9,8 @@ front of the same backend, plus a direct row without a tunnel.
 
 `make bench` builds $(BUILD)/bench/{load,backend,aead} and runs this. Options
 also come from the environment: BENCH_ROUNDS, BENCH_BULK_MIB, BENCH_IDLE,
-BENCH_CONTENDERS, BENCH_QUICK=1, BENCH_JSON, BENCH_PERF=1 (perf record of
+BENCH_CONTENDERS, BENCH_QUICK=1, BENCH_JSON, BENCH_SCALING=yes|no,
+BENCH_UPSEAL_WORKERS (workers of the upseal rows, default 1), BENCH_PERF=1 (perf record of
 both upseal sides in the last round's bulk test; BENCH_PERF_DATA=FILE keeps
 the perf.data).
 
@@ -58,8 +59,10 @@ BUILD36 = os.environ.get("BENCH_BUILD36") or os.path.join(ROOT, "build-mbedtls36
 # Set in main(): whether this upseal build knows the `resumption` key (the
 # resumption work of issue 4). Without it, "upseal" is the only upseal row.
 UPSEAL_HAS_RESUMPTION = False
-# Likewise for `workers` (a build before it runs one thread anyway).
+# Likewise for `workers` (a build before it runs one thread anyway). The
+# upseal rows run BENCH_UPSEAL_WORKERS workers, 1 by default like the peers.
 UPSEAL_HAS_WORKERS = False
+UPSEAL_WORKERS = int(os.environ.get("BENCH_UPSEAL_WORKERS") or 1)
 # upseal+pool: resumption on and `pool = POOL_SIZE` on the client (known
 # to the build if `upseal-client --check` accepts the key).
 POOL_SIZE = 8
@@ -246,7 +249,7 @@ class Upseal(Contender):
                 "key = %s\npin = %s\n")
         if UPSEAL_HAS_RESUMPTION:
             conf += "resumption = %s\n" % ("yes" if self.resume else "no")
-        w = "workers = 1\n" if UPSEAL_HAS_WORKERS else ""
+        w = ("workers = %d\n" % UPSEAL_WORKERS) if UPSEAL_HAS_WORKERS else ""
         srv = self.write("upseal-server.ini", conf % (
             w, sp, be_port, i["srv_crt"], i["srv_key"], i["cli_pin"]))
         cli = self.write("upseal-client.ini", conf % (

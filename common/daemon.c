@@ -221,14 +221,16 @@ static void worker_apply(struct worker *w, struct plan *p)
 	for (size_t i = 0; i < p->n; i++) {
 		struct plan_entry *e = &p->e[i];
 		struct tunnel *t = e->keep ? set_find(&w->active, e->keep) : NULL;
+		bool have_fd = e->fds.fd[w->idx] >= 0;
 		char err[512];
 		if (t != NULL) {
 			tunnel_reconfigure(t, e->tc);
 			set_remove(&w->active, t);
-		} else if (e->fds.fd[w->idx] < 0 ||
+		} else if (!have_fd ||
 		    tunnel_start(w->loop, w->idx, e->tc, p->role, e->stats,
 		    &e->fds, &t, err, sizeof err) != 0) {
-			if (e->fds.fd[w->idx] < 0)
+			/* A kept tunnel this worker lost earlier has no socket. */
+			if (!have_fd)
 				snprintf(err, sizeof err, "[%s] not running on this "
 				    "worker", e->tc->cfg->name);
 			struct log_line l;
@@ -742,6 +744,8 @@ static struct plan *plan_build(struct daemon *d, struct cfg *cfg,
 	for (size_t i = 0; i < p->n; i++) {
 		p->e[i].tc = tc[i];
 		p->e[i].fds.n = 0;
+		for (unsigned w = 0; w < CFG_WORKERS_MAX; w++)
+			p->e[i].fds.fd[w] = -1;	/* kept tunnels get none */
 		keep[i] = find_reusable(d, &cfg->tunnels[i], keep, i);
 	}
 	bool failed = false;
