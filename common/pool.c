@@ -24,6 +24,8 @@
 
 /* Refill failures: wait 1 s, doubling up to 30 s, between attempts. */
 #define POOL_BACKOFF_MIN_MS 1000
+/* A handed-off connection's replacement dials this much later. */
+#define POOL_REFILL_DELAY_MS 2
 #define POOL_BACKOFF_MAX_MS (30 * 1000)
 
 /* ---- the ready list ---- */
@@ -73,21 +75,31 @@ static int pool_open(struct tunnel *t, uint64_t delay_ms)
 	return 0;
 }
 
-void pool_fill(struct tunnel *t)
+/*
+ * Open pool conns up to the target; each dials after min_delay ms at the
+ * earliest (later in a failure streak).
+ */
+static void fill(struct tunnel *t, uint64_t min_delay)
 {
 	struct tunnel_pool *p = &t->pool;
 	while (!t->stopping && p->live < p->target) {
-		uint64_t delay = 0;
+		uint64_t delay = min_delay;
 		if (p->failures > 0) {
 			/* In a failure streak: one attempt at a time. */
 			if (p->live > p->ready)
 				return;
 			uint64_t now = uv_now(t->loop);
-			delay = p->retry_at > now ? p->retry_at - now : 0;
+			if (p->retry_at > now + delay)
+				delay = p->retry_at - now;
 		}
 		if (pool_open(t, delay) != 0)
 			return;
 	}
+}
+
+void pool_fill(struct tunnel *t)
+{
+	fill(t, 0);
 }
 
 /*
@@ -285,7 +297,13 @@ struct conn *pool_take(struct tunnel *t)
 	ready_unlink(c);
 	c->pool = false;	/* an accepted connection from now on */
 	p->live--;
-	pool_fill(t);
+	/*
+	 * The replacement dials a little later: started now, its connect and
+	 * handshake would run on both sidecars' loops ahead of this client's
+	 * first bytes (measured: the ClientHello went out before the
+	 * client's data was read), which is the latency the pool is for.
+	 */
+	fill(t, POOL_REFILL_DELAY_MS);
 	return c;
 }
 
