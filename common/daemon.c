@@ -91,6 +91,20 @@ struct worker {
 	_Atomic bool resume;		/* a max_connections slot was freed */
 };
 
+/*
+ * One tunnel as the status endpoint reports it, kept on the main thread
+ * (the workers' copies come and go on their own threads): its id, name and
+ * counters; a tunnel a reload removed (or every tunnel, while stopping)
+ * stays listed, not listening, while connections are open under its
+ * counters on any worker.
+ */
+struct series {
+	uint64_t tid;
+	char name[CFG_NAME_MAX];
+	struct tunnel_stats *stats;	/* held */
+	bool current;			/* in the running config */
+};
+
 struct daemon {
 	const char *prog;
 	const char *path;
@@ -102,6 +116,8 @@ struct daemon {
 	unsigned nstarted;		/* running (worker 0 included) */
 	_Atomic unsigned running;	/* worker threads not yet finished */
 	uint64_t next_tid;
+	struct series *series;		/* current first, in config order */
+	size_t nseries;
 	struct status *status;
 	uv_signal_t sig_term, sig_int, sig_hup;
 	uv_timer_t drain_timer;
@@ -558,31 +574,39 @@ static bool counted(const struct metrics_tunnel *mt, size_t k,
 
 static int render_metrics(struct daemon *d, struct sbuf *body)
 {
-	struct worker *w = &d->w[0];
-	size_t n = w->active.n + w->retiring.n;
-	struct metrics_tunnel *mt = calloc(n ? n : 1, sizeof *mt);
+	/* Retired series whose last connection ended go now. */
+	size_t keep = 0;
+	for (size_t i = 0; i < d->nseries; i++) {
+		struct series *sr = &d->series[i];
+		if (!sr->current && !d->stopping &&
+		    atomic_load(&sr->stats->open) == 0) {
+			tunnel_stats_release(sr->stats);
+			continue;
+		}
+		d->series[keep++] = *sr;
+	}
+	d->nseries = keep;
+	struct metrics_tunnel *mt = calloc(keep ? keep : 1, sizeof *mt);
 	if (mt == NULL) {
 		body->failed = true;
 		return 500;
 	}
 	/*
 	 * One series per set of counters: a tunnel moved by a reload shares
-	 * its counters with the one still draining, and a removed tunnel is
-	 * reported (not listening) until its last connection ends.
+	 * its counters with the one still draining (listed once, under the
+	 * current name), and a removed tunnel is reported (not listening)
+	 * until its last connection ends.
 	 */
 	size_t k = 0;
-	for (size_t i = 0; i < w->active.n; i++) {
-		struct tunnel *t = w->active.t[i];
-		mt[k++] = (struct metrics_tunnel){ .name = tunnel_cfg(t)->name,
-			.stats = t->stats, .open = open_under(t->stats),
-			.listening = t->listener_open && !t->stopping };
-	}
-	for (size_t i = 0; i < w->retiring.n; i++) {
-		struct tunnel *t = w->retiring.t[i];
-		if (!counted(mt, k, t->stats))
-			mt[k++] = (struct metrics_tunnel){
-				.name = tunnel_cfg(t)->name, .stats = t->stats,
-				.open = open_under(t->stats), .listening = false };
+	for (size_t i = 0; i < d->nseries; i++) {
+		const struct series *sr = &d->series[i];
+		if (counted(mt, k, sr->stats))
+			continue;
+		struct tunnel *t = set_find(&d->w[0].active, sr->tid);
+		mt[k++] = (struct metrics_tunnel){ .name = sr->name,
+			.stats = sr->stats, .open = open_under(sr->stats),
+			.listening = sr->current && t != NULL &&
+			t->listener_open && !t->stopping };
 	}
 	struct metrics_process p = {
 		.role = d->role == CFG_CLIENT ? "client" : "server",
@@ -781,6 +805,54 @@ static struct plan *plan_build(struct daemon *d, struct cfg *cfg,
 	return p;
 }
 
+/*
+ * The status endpoint's view after plan p: its sections, in order, then
+ * the series it retires. Out of memory, a new tunnel is just not listed.
+ */
+static void series_apply(struct daemon *d, const struct plan *p)
+{
+	struct series *next = calloc(p->n + d->nseries + 1, sizeof *next);
+	if (next == NULL)
+		return;
+	size_t k = 0;
+	for (size_t i = 0; i < p->n; i++) {
+		const struct plan_entry *e = &p->e[i];
+		struct series *s = &next[k++];
+		s->tid = e->tid;
+		s->current = true;
+		snprintf(s->name, sizeof s->name, "%s", e->tc->cfg->name);
+		s->stats = NULL;
+		for (size_t j = 0; j < d->nseries; j++) {
+			if (d->series[j].tid == e->tid && d->series[j].stats) {
+				s->stats = d->series[j].stats;	/* moved over */
+				d->series[j].stats = NULL;
+			}
+		}
+		if (s->stats == NULL && e->stats != NULL)
+			s->stats = tunnel_stats_hold(e->stats);
+		if (s->stats == NULL)
+			k--;
+	}
+	for (size_t j = 0; j < d->nseries; j++) {
+		if (d->series[j].stats == NULL)
+			continue;
+		next[k] = d->series[j];
+		next[k++].current = false;
+	}
+	free(d->series);
+	d->series = next;
+	d->nseries = k;
+}
+
+static void series_free(struct daemon *d)
+{
+	for (size_t j = 0; j < d->nseries; j++)
+		tunnel_stats_release(d->series[j].stats);
+	free(d->series);
+	d->series = NULL;
+	d->nseries = 0;
+}
+
 /* Say where the new and renamed tunnels listen, once for all workers. */
 static void plan_log(struct daemon *d, const struct plan *p)
 {
@@ -909,6 +981,7 @@ static void reload(struct daemon *d)
 	}
 	size_t removed = d->w[0].active.n - kept;
 	plan_log(d, p);
+	series_apply(d, p);
 	workers_apply(d, p);
 	plan_release(p);
 	if (workers_wanted(cfg) != d->nworkers) {
@@ -1094,6 +1167,7 @@ static void start(struct daemon *d)
 		return;
 	}
 	plan_log(d, p);
+	series_apply(d, p);
 	worker_apply(&d->w[0], p);
 	if (d->role == CFG_SERVER)
 		audit_warn(d);
@@ -1170,6 +1244,7 @@ static int run(struct daemon *d)
 	the_daemon = NULL;
 	free(d->w[0].active.t);
 	free(d->w[0].retiring.t);
+	series_free(d);
 	for (unsigned i = 0; i < d->nworkers; i++)
 		uv_mutex_destroy(&d->w[i].lock);
 	free(d->w);
