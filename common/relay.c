@@ -149,6 +149,40 @@ static void on_tls_written(uv_write_t *req, int status)
 		plain_reading(c, true);
 }
 
+/*
+ * Write what w holds on s, first with uv_try_write: when nothing is queued
+ * there (libuv refuses otherwise, so the order holds), a record or a chunk
+ * usually goes out in that one write(2), with no request. A uv_write that
+ * completes makes libuv stop and re-arm the descriptor's epoll interest,
+ * one more system call per message on each side (strace of the ping-pong
+ * test). What the socket does not take (or an error, which uv_write then
+ * reports through cb) goes to uv_write as before. Returns the bytes left
+ * queued in w (then *queued), or 0 with w freed; a negative libuv code if
+ * uv_write refused (w freed).
+ */
+static int stream_write(uv_stream_t *s, struct wbuf *w, uv_write_cb cb,
+    size_t *queued)
+{
+	uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
+	int n = uv_try_write(s, &b, 1);
+	if (n == (int)w->len) {
+		relay_wbuf_free(w);
+		return 0;
+	}
+	if (n > 0) {
+		memmove(w->data, w->data + n, w->len - (size_t)n);
+		w->len -= (size_t)n;
+		b = uv_buf_init((char *)w->data, (unsigned)w->len);
+	}
+	int rc = uv_write(&w->req, s, &b, 1, cb);
+	if (rc != 0) {
+		relay_wbuf_free(w);
+		return rc;
+	}
+	*queued += w->len;
+	return (int)w->len;
+}
+
 /* Hand the records mbedTLS produced to libuv as one write. */
 void relay_flush_tls(struct conn *c)
 {
@@ -156,15 +190,11 @@ void relay_flush_tls(struct conn *c)
 	if (w == NULL || w->len == 0 || c->dropped)
 		return;
 	c->tls_out = NULL;
-	uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
-	int rc = uv_write(&w->req, &c->tls.s, &b, 1, on_tls_written);
-	if (rc != 0) {
-		relay_wbuf_free(w);
+	int rc = stream_write(&c->tls.s, w, on_tls_written, &c->tls_queued);
+	if (rc < 0) {
 		conn_error_uv(c, "TLS write", rc);
 		conn_fail(c, "tls_error", true);
-		return;
 	}
-	c->tls_queued += w->len;
 }
 
 int relay_bio_send(void *arg, const unsigned char *buf, size_t len)
@@ -330,17 +360,16 @@ static void p2t_end(struct conn *c)
 /* Hand one chunk of decrypted bytes to the plaintext end. */
 static void plain_write(struct conn *c, struct wbuf *w)
 {
-	uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
-	int rc = uv_write(&w->req, &c->plain.s, &b, 1, on_plain_written);
-	if (rc != 0) {
-		relay_wbuf_free(w);
+	size_t len = w->len;
+	int rc = stream_write(&c->plain.s, w, on_plain_written,
+	    &c->plain_queued);
+	if (rc < 0) {
 		conn_error_uv(c, "plaintext write", rc);
 		conn_fail(c, "plain_error", false);
 		return;
 	}
-	c->plain_queued += w->len;
-	c->plain_out += w->len;
-	STAT_ADD(c->tun->stats->bytes_out, w->len);
+	c->plain_out += len;
+	STAT_ADD(c->tun->stats->bytes_out, len);
 }
 
 /*
