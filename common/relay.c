@@ -169,10 +169,9 @@ static int stream_write(uv_stream_t *s, struct wbuf *w, uv_write_cb cb,
 		relay_wbuf_free(w);
 		return 0;
 	}
-	if (n > 0) {
-		memmove(w->data, w->data + n, w->len - (size_t)n);
+	if (n > 0) {	/* the rest, in place: w->len is what stays queued */
 		w->len -= (size_t)n;
-		b = uv_buf_init((char *)w->data, (unsigned)w->len);
+		b = uv_buf_init((char *)w->data + n, (unsigned)w->len);
 	}
 	int rc = uv_write(&w->req, s, &b, 1, cb);
 	if (rc != 0) {
