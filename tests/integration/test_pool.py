@@ -12,6 +12,7 @@ from harness import (check, check_eq, recv_all, recv_exact, scaled, timeout,
                      wait_closed)
 from test_interop import OpenSSLPeer
 from test_operate import Side, scrape, start_pair
+from test_reject import _pinned_tls_client
 
 ALPN = "upseal/1"
 
@@ -265,36 +266,8 @@ def test_sigterm_on_server_closes_waiting_pool_conns(h):
 # --- peers that are not upseal-client --------------------------------------
 
 def _tls_client(h, addr, ident, alpn=None, timeout_s=10.0):
-    """A TLS 1.2 client (Python's ssl over memory BIOs) with a client
-    certificate, offering alpn (a list) if given; returns (socket,
-    SSLObject, in_bio, out_bio) after the handshake."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(ident.crt, ident.key)
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(inc, out, server_side=False)
-    s = h.connect(addr)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        check(time.monotonic() < deadline, "TLS handshake did not finish")
-        try:
-            obj.do_handshake()
-            done = True
-        except ssl.SSLWantReadError:
-            done = False
-        data = out.read()
-        if data:
-            s.sendall(data)
-        if done:
-            return s, obj, inc, out
-        s.settimeout(max(0.1, deadline - time.monotonic()))
-        d = s.recv(65536)
-        check(d, "server closed during the handshake")
-        inc.write(d)
+    """test_reject's pinned TLS 1.2 client, offering alpn if given."""
+    return _pinned_tls_client(h, addr, ident, timeout_s, alpn=alpn)
 
 
 def _tls_read(s, obj, inc, n, timeout_s=10.0):

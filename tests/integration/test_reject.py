@@ -326,15 +326,18 @@ def test_bad_peers_do_not_disturb_good_traffic(h):
              "(the source/sink backend sends its %d bytes)" % n)
 
 
-def _pinned_tls_client(h, addr, ident, timeout_s=10.0):
+def _pinned_tls_client(h, addr, ident, timeout_s=10.0, alpn=None):
     """A TLS 1.2 client (Python's ssl over memory BIOs) with a client
-    certificate; returns (plain socket, SSLObject, in_bio, out_bio) after
-    the handshake, so that raw bytes can be written under the TLS layer."""
+    certificate, offering alpn (a list) if given; returns (plain socket,
+    SSLObject, in_bio, out_bio) after the handshake, so that raw bytes can
+    be written under the TLS layer."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(ident.crt, ident.key)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(inc, out, server_side=False)
     s = h.connect(addr)
