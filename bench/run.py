@@ -294,15 +294,20 @@ class Stunnel(Contender):
         return "127.0.0.1:%d" % cp
 
 
+def haproxy_head():
+    """The global and defaults sections of every haproxy side: one thread."""
+    return ("global\n  nbthread 1\n  maxconn 8000\n\ndefaults\n  mode tcp\n"
+            "  maxconn 8000\n  timeout connect 5s\n  timeout client 10m\n"
+            "  timeout server 10m\n\n")
+
+
 class Haproxy(Contender):
     def start(self, be_port):
         i = self.ids
         sp, cp = free_port(), free_port()
         tls = ("ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2 ciphers %s ca-file %s "
                "verify required" % (PEER_CIPHER, i["ca_crt"]))
-        head = ("global\n  nbthread 1\n  maxconn 8000\n\ndefaults\n  mode tcp\n"
-                "  maxconn 8000\n  timeout connect 5s\n  timeout client 10m\n"
-                "  timeout server 10m\n\n")
+        head = haproxy_head()
         srv = self.write("haproxy-server.cfg", head + (
             "listen bench\n  bind 127.0.0.1:%d ssl crt %s %s%s\n"
             "  server be 127.0.0.1:%d\n") % (
@@ -778,6 +783,7 @@ def main():
         elif want_scaling:
             import scaling as scaling_mod
             helpers = {"PEER_CIPHER": PEER_CIPHER, "free_port": free_port,
+                       "haproxy_head": haproxy_head,
                        "Proc": Proc, "wait_port": wait_port, "load": load,
                        "cpu_of": cpu_of, "children_of": children_of}
             scaling, serr = scaling_mod.run(cfg, ids, tmp, be_port, helpers, log)

@@ -20,59 +20,49 @@ SIDES = ("server", "client")
 WORKERS = (1, 2)
 
 
-def _haproxy_head():
-    return ("global\n  nbthread 1\n  maxconn 8000\n\ndefaults\n  mode tcp\n"
-            "  maxconn 8000\n  timeout connect 5s\n  timeout client 10m\n"
-            "  timeout server 10m\n\n")
-
-
-def _start(side, workers, ids, tmp, build, be_port, h):
-    """Start upseal (side, workers) and a haproxy peer; returns
-    (plaintext address, [procs], the upseal proc)."""
-    cipher, ca = h["PEER_CIPHER"], ids["ca_crt"]
+def _start(side, workers, ids, tmp, build, be_port, h, procs):
+    """Start upseal (side, workers) and a haproxy peer, each appended to
+    procs as it starts (so the caller stops them even if a start fails);
+    returns (the plaintext address, the upseal proc)."""
     tls = ("ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2 ciphers %s ca-file %s "
-           "verify required" % (cipher, ca))
+           "verify required" % (h["PEER_CIPHER"], ids["ca_crt"]))
     sp, cp = h["free_port"](), h["free_port"]()
-    procs = []
-    up = ("[upseal]\nlog_level = warn\ndrain_timeout = 1s\nworkers = %d\n\n"
-          "[bench]\nlisten = 127.0.0.1:%d\nconnect = 127.0.0.1:%d\ncert = %s\n"
-          "key = %s\npin = %s\nresumption = no\n")
-    Proc, wait_port = h["Proc"], h["wait_port"]
+
+    def launch(name, argv, port, path, text):
+        with open(path, "w") as f:
+            f.write(text)
+        p = h["Proc"](name, argv + [path], tmp)
+        procs.append(p)
+        h["wait_port"](port, procs)
+        return p
+
+    def upseal(role, listen, connect, me, peer):
+        return launch("upseal-" + role, [os.path.join(build, "upseal-" + role),
+                                         "-c"], listen,
+                      os.path.join(tmp, "scale-%s.ini" % role),
+                      "[upseal]\nlog_level = warn\ndrain_timeout = 1s\n"
+                      "workers = %d\n\n[bench]\nlisten = 127.0.0.1:%d\n"
+                      "connect = 127.0.0.1:%d\ncert = %s\nkey = %s\npin = %s\n"
+                      "resumption = no\n" % (workers, listen, connect,
+                                             ids[me + "_crt"], ids[me + "_key"],
+                                             ids[peer + "_pin"]))
+
+    def haproxy(role, listen, body):
+        return launch("haproxy-" + role, ["haproxy", "-db", "-f"], listen,
+                      os.path.join(tmp, "scale-haproxy-%s.cfg" % role),
+                      h["haproxy_head"]() + body)
+
     if side == "server":
-        ini = os.path.join(tmp, "scale-server.ini")
-        with open(ini, "w") as f:
-            f.write(up % (workers, sp, be_port, ids["srv_crt"], ids["srv_key"],
-                          ids["cli_pin"]))
-        upseal = Proc("upseal-server", [os.path.join(build, "upseal-server"),
-                                        "-c", ini], tmp)
-        procs.append(upseal)
-        wait_port(sp, procs)
-        cfg = os.path.join(tmp, "scale-haproxy-client.cfg")
-        with open(cfg, "w") as f:
-            f.write(_haproxy_head() + (
-                "listen bench\n  bind 127.0.0.1:%d\n"
+        up = upseal("server", sp, be_port, "srv", "cli")
+        haproxy("client", cp, "listen bench\n  bind 127.0.0.1:%d\n"
                 "  server s 127.0.0.1:%d ssl crt %s %s verifyhost srv "
-                "no-ssl-reuse\n") % (cp, sp, ids["cli_pem"], tls))
-        procs.append(Proc("haproxy-client", ["haproxy", "-db", "-f", cfg], tmp))
-        wait_port(cp, procs)
+                "no-ssl-reuse\n" % (cp, sp, ids["cli_pem"], tls))
     else:
-        cfg = os.path.join(tmp, "scale-haproxy-server.cfg")
-        with open(cfg, "w") as f:
-            f.write(_haproxy_head() + (
-                "listen bench\n  bind 127.0.0.1:%d ssl crt %s %s "
-                "no-tls-tickets\n  server be 127.0.0.1:%d\n")
+        haproxy("server", sp, "listen bench\n  bind 127.0.0.1:%d ssl crt %s %s "
+                "no-tls-tickets\n  server be 127.0.0.1:%d\n"
                 % (sp, ids["srv_pem"], tls, be_port))
-        procs.append(Proc("haproxy-server", ["haproxy", "-db", "-f", cfg], tmp))
-        wait_port(sp, procs)
-        ini = os.path.join(tmp, "scale-client.ini")
-        with open(ini, "w") as f:
-            f.write(up % (workers, cp, sp, ids["cli_crt"], ids["cli_key"],
-                          ids["srv_pin"]))
-        upseal = Proc("upseal-client", [os.path.join(build, "upseal-client"),
-                                        "-c", ini], tmp)
-        procs.append(upseal)
-        wait_port(cp, procs)
-    return "127.0.0.1:%d" % cp, procs, upseal
+        up = upseal("client", cp, sp, "cli", "srv")
+    return "127.0.0.1:%d" % cp, up
 
 
 def run(cfg, ids, tmp, be_port, h, log):
@@ -85,8 +75,8 @@ def run(cfg, ids, tmp, be_port, h, log):
         for side, workers in order:
             procs = []
             try:
-                addr, procs, upseal = _start(side, workers, ids, tmp,
-                                             cfg.build, be_port, h)
+                addr, upseal = _start(side, workers, ids, tmp, cfg.build,
+                                      be_port, h, procs)
                 h["load"](cfg.build, ["rate", "--addr", addr, "--conc", "1",
                                       "--max", "3"], 60)
                 pids = h["children_of"]([upseal.pid])

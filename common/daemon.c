@@ -553,16 +553,6 @@ static void daemon_stop(struct daemon *d)
 
 /* ---- status endpoint ---- */
 
-/*
- * The status endpoint runs on the main thread and sees worker 0's copy of
- * each tunnel; the counters (and the open count in them) are shared by
- * every worker's copy.
- */
-static unsigned open_under(const struct tunnel_stats *st)
-{
-	return atomic_load(&st->open);
-}
-
 static bool counted(const struct metrics_tunnel *mt, size_t k,
     const struct tunnel_stats *st)
 {
@@ -604,7 +594,7 @@ static int render_metrics(struct daemon *d, struct sbuf *body)
 			continue;
 		struct tunnel *t = set_find(&d->w[0].active, sr->tid);
 		mt[k++] = (struct metrics_tunnel){ .name = sr->name,
-			.stats = sr->stats, .open = open_under(sr->stats),
+			.stats = sr->stats, .open = atomic_load(&sr->stats->open),
 			.listening = sr->current && t != NULL &&
 			t->listener_open && !t->stopping };
 	}

@@ -268,15 +268,13 @@ static int listen_tcp(const struct cfg_tunnel *cfg, unsigned n,
 			listen_close(out, cfg);
 			return -1;
 		}
-		if (w == 0 && n == 1) {
-			socklen_t blen = sizeof ss;
-			if (getsockname(out->fd[0], (struct sockaddr *)&ss,
-			    &blen) != 0) {
-				sock_error(err, errlen, cfg, text, -1);
-				listen_close(out, cfg);
-				return -1;
-			}
-		}
+	}
+	/* The bound address, port 0 resolved, for the `listening` line. */
+	socklen_t blen = sizeof ss;
+	if (getsockname(out->fd[0], (struct sockaddr *)&ss, &blen) != 0) {
+		sock_error(err, errlen, cfg, text, -1);
+		listen_close(out, cfg);
+		return -1;
 	}
 	addr_format_sockaddr((struct sockaddr *)&ss, out->text, sizeof out->text);
 	return 0;
@@ -394,6 +392,12 @@ static int listener_open(struct tunnel *t, int fd)
 
 static void on_listener_paused(uv_handle_t *h);
 
+/* The next pause: 100 ms, doubling to 2 s. */
+static unsigned next_pause(unsigned ms)
+{
+	return ms == 0 ? 100 : ms * 2 > 2000 ? 2000 : ms * 2;
+}
+
 static void on_pause_timer(uv_timer_t *timer)
 {
 	struct tunnel *t = timer->data;
@@ -402,7 +406,7 @@ static void on_pause_timer(uv_timer_t *timer)
 	int fd = fcntl(t->spare_fd, F_DUPFD_CLOEXEC, 0);
 	int rc = fd < 0 ? -errno : listener_open(t, fd);
 	if (rc != 0) {
-		t->pause_ms = t->pause_ms * 2 > 2000 ? 2000 : t->pause_ms * 2;
+		t->pause_ms = next_pause(t->pause_ms);
 		if (t->listener_open) {	/* half set up: close, retry later */
 			t->listener_open = false;
 			t->listener_closing = true;
@@ -441,8 +445,7 @@ static void pause_listener(struct tunnel *t, int status)
 		t->pause_timer.data = t;
 		t->pause_timer_open = true;
 	}
-	t->pause_ms = t->pause_ms == 0 ? 100 :
-	    t->pause_ms * 2 > 2000 ? 2000 : t->pause_ms * 2;
+	t->pause_ms = next_pause(t->pause_ms);
 	struct log_line l;
 	log_begin(&l, LOG_WARN, "accept_paused");
 	log_str(&l, "tunnel", tunnel_cfg(t)->name);
