@@ -96,6 +96,23 @@ static inline int compat_handshake_over(const mbedtls_ssl_context *ssl)
 #define COMPAT_CRT_PK_RAW(crt) ((crt)->pk_raw)
 #endif
 
+/*
+ * The peer's certificate that a session (e.g. one just opened from a
+ * ticket) carries, or NULL. Both versions keep it by default
+ * (MBEDTLS_SSL_KEEP_PEER_CERTIFICATE); 3.6 hides the field.
+ */
+static inline const mbedtls_x509_crt *compat_session_peer_cert(
+    const mbedtls_ssl_session *s)
+{
+#if !defined(MBEDTLS_SSL_KEEP_PEER_CERTIFICATE)
+#error "upseal needs MBEDTLS_SSL_KEEP_PEER_CERTIFICATE to judge resumed sessions"
+#elif UPSEAL_MBEDTLS3
+	return s->MBEDTLS_PRIVATE(peer_cert);
+#else
+	return s->peer_cert;
+#endif
+}
+
 /* True if a parsed certificate says basicConstraints CA:TRUE. */
 static inline bool compat_crt_is_ca(const mbedtls_x509_crt *crt)
 {

@@ -300,7 +300,9 @@ void conn_handshake_step(struct conn *c)
 		return;
 	}
 	bool resumed = tls_resumed(&c->peer);	/* before the check fills it */
-	enum tls_verdict v = tls_check_peer(&c->ssl, &c->peer);
+	/* Judged against the tunnel's settings now, not those of accept. */
+	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->ssl,
+	    &c->peer);
 	if (v != TLS_PEER_OK) {
 		handshake_failed(c, tls_verdict_reason(v));
 		return;
@@ -333,6 +335,19 @@ void conn_handshake_step(struct conn *c)
 		/* Only now, with a pinned peer, is the backend dialed. */
 		conn_dial(c);
 	}
+}
+
+void conn_settings_changed(struct conn *c)
+{
+	if (c->dropped || c->tun->role != CFG_SERVER || c->phase != PH_PREAMBLE)
+		return;
+	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->ssl,
+	    &c->peer);
+	if (v == TLS_PEER_OK)
+		return;
+	conn_errorf(c, "refused after a reload: the peer no longer passes "
+	    "the tunnel's pins or CA");
+	conn_fail(c, tls_verdict_reason(v), true);
 }
 
 static void tls_begin(struct conn *c)

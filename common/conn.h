@@ -30,6 +30,17 @@ int conn_accept(struct tunnel *t);
  */
 void conn_drop(struct conn *c, const char *reason);
 
+/*
+ * The settings of c's tunnel changed (a reload; tunnel_reconfigure). A
+ * server connection that has passed its handshake but not yet reached
+ * the backend (a pool connection waiting for the preamble) is judged
+ * again against the new settings and ended (reason pin_mismatch,
+ * chain_invalid, ...) if its peer no longer passes. One still in its
+ * handshake is judged against the tunnel's settings when it completes
+ * (conn_handshake_step); one that reached its backend keeps going.
+ */
+void conn_settings_changed(struct conn *c);
+
 /* Connections open in this process now, on every worker. */
 uint64_t conn_open_count(void);
 

@@ -1,6 +1,5 @@
 #include "ticket.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +11,7 @@
 
 #include "compat.h"
 #include "rng.h"
+#include "secret.h"
 
 #define SECRET_MIN 32
 #define SECRET_MAX 4096
@@ -20,28 +20,33 @@
 #define HEADER_LEN 18	/* AAD_LEN + IV_LEN */
 #define IV_LEN 12
 #define TAG_LEN 16
+/* 1 was sealed under keys that were not bound to the tunnel: refused. */
+#define TICKET_VERSION 2
 
 struct ticket_keys {
 	unsigned char master[32];
+	unsigned char binding[TICKET_BINDING_LEN];
 };
 
-int ticket_keys_load(const char *path, struct ticket_keys **out, char *err,
-    size_t errlen)
+#define RECIPE "(umask 077; head -c 48 /dev/urandom > FILE)"
+
+int ticket_keys_load(const char *path, uid_t run_as,
+    const unsigned char binding[TICKET_BINDING_LEN], struct ticket_keys **out,
+    char *err, size_t errlen)
 {
-	unsigned char buf[SECRET_MAX + 1];
+	unsigned char *buf;
+	size_t n;
+	char why[300];
 	*out = NULL;
-	FILE *f = fopen(path, "rb");
-	if (f == NULL) {
-		snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+	if (secret_read(path, SECRET_MAX, run_as, &buf, &n, why, sizeof why) != 0) {
+		snprintf(err, errlen, "%s (a new one: " RECIPE ")", why);
 		return -1;
 	}
-	size_t n = fread(buf, 1, sizeof buf, f);
-	fclose(f);
 	int rc = -1;
-	if (n < SECRET_MIN || n > SECRET_MAX) {
+	if (n < SECRET_MIN) {
 		snprintf(err, errlen, "%s: holds %zu bytes; expected %d to %d "
-		    "bytes of secret (e.g. head -c 48 /dev/urandom > FILE)",
-		    path, n, SECRET_MIN, SECRET_MAX);
+		    "bytes of secret (e.g. " RECIPE ")", path, n, SECRET_MIN,
+		    SECRET_MAX);
 		goto done;
 	}
 	struct ticket_keys *k = calloc(1, sizeof *k);
@@ -50,14 +55,16 @@ int ticket_keys_load(const char *path, struct ticket_keys **out, char *err,
 		goto done;
 	}
 	compat_sha256(buf, n, k->master);
+	memcpy(k->binding, binding, sizeof k->binding);
 	*out = k;
 	rc = 0;
 done:
-	mbedtls_platform_zeroize(buf, sizeof buf);
+	secret_free(buf, n);
 	return rc;
 }
 
-int ticket_keys_random(struct ticket_keys **out, char *err, size_t errlen)
+int ticket_keys_random(const unsigned char binding[TICKET_BINDING_LEN],
+    struct ticket_keys **out, char *err, size_t errlen)
 {
 	*out = NULL;
 	struct ticket_keys *k = calloc(1, sizeof *k);
@@ -70,6 +77,7 @@ int ticket_keys_random(struct ticket_keys **out, char *err, size_t errlen)
 		free(k);
 		return -1;
 	}
+	memcpy(k->binding, binding, sizeof k->binding);
 	*out = k;
 	return 0;
 }
@@ -87,17 +95,25 @@ static uint32_t current_hour(void)
 	return (uint32_t)(time(NULL) / HOUR_S);
 }
 
-/* The AES-256-GCM context for one hour's key. */
+/*
+ * The AES-256-GCM context for one hour's key: HMAC-SHA256(master,
+ * label || binding || hour), so a ticket opens only under the settings
+ * that sealed it.
+ */
 static int hour_key(const struct ticket_keys *k, uint32_t hour,
     mbedtls_gcm_context *gcm)
 {
-	static const char label[] = "upseal-ticket-v1";
-	unsigned char msg[sizeof label - 1 + 4], key[32];
-	memcpy(msg, label, sizeof label - 1);
-	msg[sizeof label - 1] = (unsigned char)(hour >> 24);
-	msg[sizeof label] = (unsigned char)(hour >> 16);
-	msg[sizeof label + 1] = (unsigned char)(hour >> 8);
-	msg[sizeof label + 2] = (unsigned char)hour;
+	static const char label[] = "upseal-ticket-v2";
+	unsigned char msg[sizeof label - 1 + TICKET_BINDING_LEN + 4], key[32];
+	unsigned char *p = msg;
+	memcpy(p, label, sizeof label - 1);
+	p += sizeof label - 1;
+	memcpy(p, k->binding, TICKET_BINDING_LEN);
+	p += TICKET_BINDING_LEN;
+	p[0] = (unsigned char)(hour >> 24);
+	p[1] = (unsigned char)(hour >> 16);
+	p[2] = (unsigned char)(hour >> 8);
+	p[3] = (unsigned char)hour;
 	int rc = mbedtls_md_hmac(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256),
 	    k->master, sizeof k->master, msg, sizeof msg, key);
 	if (rc == 0)
@@ -122,7 +138,7 @@ int ticket_write(void *p, const mbedtls_ssl_session *session,
 		return rc;
 	uint32_t hour = current_hour();
 	start[0] = 'U';
-	start[1] = 1;
+	start[1] = TICKET_VERSION;
 	start[2] = (unsigned char)(hour >> 24);
 	start[3] = (unsigned char)(hour >> 16);
 	start[4] = (unsigned char)(hour >> 8);
@@ -150,7 +166,8 @@ int ticket_parse(void *p, mbedtls_ssl_session *session, unsigned char *buf,
     size_t len)
 {
 	const struct ticket_keys *k = p;
-	if (len < HEADER_LEN + TAG_LEN || buf[0] != 'U' || buf[1] != 1)
+	if (len < HEADER_LEN + TAG_LEN || buf[0] != 'U' ||
+	    buf[1] != TICKET_VERSION)
 		return MBEDTLS_ERR_SSL_INVALID_MAC;
 	uint32_t hour = (uint32_t)buf[2] << 24 | (uint32_t)buf[3] << 16 |
 	    (uint32_t)buf[4] << 8 | buf[5];

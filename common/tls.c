@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 
 #include <mbedtls/error.h>
+#include <mbedtls/md.h>
+#include <mbedtls/platform_util.h>
 #include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509.h>
 
@@ -16,9 +18,11 @@
 #include "log.h"
 #include "preamble.h"
 #include "rng.h"
+#include "secret.h"
 #include "ticket.h"
 
 struct tls_ctx {
+	char *name;		/* the tunnel's, for log lines */
 	enum cfg_role role;
 	mbedtls_ssl_config conf;
 	mbedtls_ssl_config pool_conf;	/* client, pool > 0: conf + ALPN */
@@ -33,6 +37,8 @@ struct tls_ctx {
 	char *sni;		/* client role: the name sent, or NULL */
 	int suites[2 * CFG_CIPHERS_MAX + 1];	/* offered, 0-terminated */
 	bool resumption;
+	/* What a ticket is bound to: hash of name, role, pins, CA (ticket.h). */
+	unsigned char binding[TICKET_BINDING_LEN];
 	mbedtls_ssl_ticket_context ticket;	/* server role, own keys */
 	struct ticket_keys *shared_keys;	/* server role, ticket_key_file */
 	/* Client role: the last session; workers share it under the lock. */
@@ -60,20 +66,36 @@ static void file_error(char *err, size_t errlen, const char *tunnel,
 	    log_tlserr(tlsrc, tlsmsg, sizeof tlsmsg));
 }
 
-/* A private key that other users can read is worth a warning, not a refusal. */
-static void warn_if_exposed(const struct cfg_tunnel *t, const char *path)
+/* Keys are small; a file past this is not one. */
+#define KEY_FILE_MAX (64 * 1024)
+
+/*
+ * Load the private key with secret_read's rule (secret.h): a key that
+ * others may read, or that another user owns, is refused, and one that
+ * this process may not read says so (not "not a key").
+ */
+static int load_key(mbedtls_pk_context *pk, const struct cfg_tunnel *t,
+    uid_t run_as, char *err, size_t errlen)
 {
-	struct stat st;
-	if (stat(path, &st) != 0 || (st.st_mode & 077) == 0)
-		return;
-	struct log_line l;
-	log_begin(&l, LOG_WARN, "key_permissions");
-	log_str(&l, "tunnel", t->name);
-	log_str(&l, "key", path);
-	log_fmt(&l, "mode", "%04o", (unsigned)(st.st_mode & 07777));
-	log_str(&l, "msg", "this secret is readable by other users; "
-	    "chmod 600 it");
-	log_end(&l);
+	unsigned char *buf;
+	size_t len;
+	char why[300];
+	if (secret_read(t->key, KEY_FILE_MAX, run_as, &buf, &len, why, sizeof why) != 0) {
+		snprintf(err, errlen, "[%s] key: %s", t->name, why);
+		return -1;
+	}
+	/* PEM is parsed with its terminating NUL, DER without. */
+	bool pem = strstr((const char *)buf, "-----BEGIN ") != NULL;
+	int rc = compat_pk_parse_key(pk, buf, pem ? len + 1 : len, rng_get());
+	secret_free(buf, len);
+	if (rc != 0) {
+		char msg[200];
+		snprintf(err, errlen, "[%s] key: %s: not a PEM or DER private key "
+		    "(encrypted keys are not supported): %s", t->name, t->key,
+		    log_tlserr(rc, msg, sizeof msg));
+		return -1;
+	}
+	return 0;
 }
 
 static int load_crt(mbedtls_x509_crt *crt, const struct cfg_tunnel *t,
@@ -97,6 +119,143 @@ static bool is_ip_literal(const char *host)
 {
 	return strchr(host, ':') != NULL ||
 	    strspn(host, "0123456789.") == strlen(host);
+}
+
+/*
+ * Judge a peer's certificate from scratch against ctx's settings: its
+ * key among the pins (if any), and with a CA its chain and (client role)
+ * the server's name. This is the verify callback's decision made outside
+ * a handshake, for a certificate that the callback did not see under
+ * these settings: one a resumed session carries (a ticket or the
+ * client's cache kept the certificate, and its verdict would be the one
+ * of the day it was issued), and one a connection presented while its
+ * tunnel was reloaded. A session carries the peer's certificate alone,
+ * without intermediates: a chain that needs them fails here, and the
+ * peer falls back to a full handshake (tickets) or is refused.
+ */
+static enum tls_verdict judge(const struct tls_ctx *ctx,
+    const mbedtls_x509_crt *crt, struct tls_peer *peer)
+{
+	if (crt == NULL)
+		return TLS_PEER_NO_CERT;
+	if (pin_of_crt(crt, &peer->pin) != 0)
+		return TLS_PEER_PIN_MISMATCH;
+	peer->has_pin = true;
+	if (ctx->has_ca) {
+		uint32_t flags = 0;
+		int rc = mbedtls_x509_crt_verify_with_profile(
+		    (mbedtls_x509_crt *)crt, (mbedtls_x509_crt *)&ctx->ca, NULL,
+		    &mbedtls_x509_crt_profile_default, ctx->server_name, &flags,
+		    NULL, NULL);
+		peer->chain_flags |= flags;
+		if (rc != 0)
+			return flags == MBEDTLS_X509_BADCERT_CN_MISMATCH ?
+			    TLS_PEER_NAME_MISMATCH : TLS_PEER_CHAIN_INVALID;
+	}
+	if (ctx->npins > 0 && !pin_in(&peer->pin, ctx->pins, ctx->npins))
+		return TLS_PEER_PIN_MISMATCH;
+	return TLS_PEER_OK;
+}
+
+/* ---- tickets (server role) ---- */
+
+static int pin_cmp(const void *a, const void *b)
+{
+	return memcmp(a, b, sizeof(struct pin));
+}
+
+/* Hash a length (4 bytes, big-endian) and then the bytes. */
+static int md_field(mbedtls_md_context_t *h, const void *p, size_t len)
+{
+	unsigned char n[4] = { (unsigned char)(len >> 24),
+		(unsigned char)(len >> 16), (unsigned char)(len >> 8),
+		(unsigned char)len };
+	int rc = mbedtls_md_update(h, n, sizeof n);
+	return rc != 0 || len == 0 ? rc : mbedtls_md_update(h, p, len);
+}
+
+/*
+ * ctx->binding: SHA-256 over the tunnel's name, the role, its pins (in
+ * sorted order: the order they are listed in does not matter) and its CA
+ * certificates, each field length-prefixed. Sealed into every ticket key
+ * (ticket.h), so a ticket opens only in the tunnel, and under the trust
+ * settings, that issued it.
+ */
+static int binding_compute(struct tls_ctx *ctx, const struct cfg_tunnel *t)
+{
+	static const char label[] = "upseal-ticket-binding-v1";
+	unsigned char role = ctx->role == CFG_SERVER ? 's' : 'c';
+	mbedtls_md_context_t h;
+	mbedtls_md_init(&h);
+	qsort(ctx->pins, ctx->npins, sizeof *ctx->pins, pin_cmp);
+	int rc = mbedtls_md_setup(&h,
+	    mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), 0);
+	if (rc == 0)
+		rc = mbedtls_md_starts(&h);
+	if (rc == 0)
+		rc = md_field(&h, label, sizeof label - 1);
+	if (rc == 0)
+		rc = md_field(&h, t->name, strlen(t->name));
+	if (rc == 0)
+		rc = md_field(&h, &role, 1);
+	if (rc == 0)
+		rc = md_field(&h, ctx->pins, ctx->npins * sizeof *ctx->pins);
+	for (const mbedtls_x509_crt *c = &ctx->ca; rc == 0 && ctx->has_ca &&
+	    c != NULL && c->raw.len > 0; c = c->next)
+		rc = md_field(&h, c->raw.p, c->raw.len);
+	if (rc == 0)
+		rc = mbedtls_md_finish(&h, ctx->binding);
+	mbedtls_md_free(&h);
+	return rc;
+}
+
+/* mbedtls_ssl_ticket_write_t over this tunnel's keys (p is the tls_ctx). */
+static int ticket_seal(void *p, const mbedtls_ssl_session *session,
+    unsigned char *start, const unsigned char *end, size_t *tlen,
+    uint32_t *lifetime)
+{
+	struct tls_ctx *ctx = p;
+	if (ctx->shared_keys != NULL)
+		return ticket_write(ctx->shared_keys, session, start, end, tlen,
+		    lifetime);
+	return mbedtls_ssl_ticket_write(&ctx->ticket, session, start, end,
+	    tlen, lifetime);
+}
+
+/*
+ * mbedtls_ssl_ticket_parse_t: open the ticket, then judge the certificate
+ * it carries against the tunnel's settings as they are now (judge). A
+ * ticket whose peer would not pass a full handshake is refused as not
+ * authentic, and mbedTLS then runs a full handshake, in which the verify
+ * callback decides: the session's stored verify_result is never used.
+ */
+static int ticket_open(void *p, mbedtls_ssl_session *session,
+    unsigned char *buf, size_t len)
+{
+	struct tls_ctx *ctx = p;
+	int rc = ctx->shared_keys != NULL ?
+	    ticket_parse(ctx->shared_keys, session, buf, len) :
+	    mbedtls_ssl_ticket_parse(&ctx->ticket, session, buf, len);
+	if (rc != 0)
+		return rc;
+	struct tls_peer peer = { .ctx = ctx };
+	enum tls_verdict v = judge(ctx, compat_session_peer_cert(session),
+	    &peer);
+	if (v == TLS_PEER_OK)
+		return 0;
+	struct log_line l;
+	char pin[PIN_TEXT_MAX];
+	log_begin(&l, LOG_INFO, "ticket_refused");
+	log_str(&l, "tunnel", ctx->name);
+	log_str(&l, "reason", tls_verdict_reason(v));
+	if (peer.has_pin) {
+		pin_format(&peer.pin, pin);
+		log_str(&l, "presented_pin", pin);
+	}
+	log_str(&l, "msg", "the certificate in the session ticket does not "
+	    "pass the tunnel's current settings; a full handshake decides");
+	log_end(&l);
+	return MBEDTLS_ERR_SSL_INVALID_MAC;
 }
 
 /*
@@ -164,17 +323,10 @@ static int conf_setup(struct tls_ctx *ctx, mbedtls_ssl_config *conf,
 		compat_conf_client_tickets(conf);
 	else
 		compat_conf_server_tls13_tickets_off(conf);
-	if (ctx->role == CFG_SERVER && t->ticket_key_file != NULL) {
-		char why[400];
-		warn_if_exposed(t, t->ticket_key_file);
-		if (ticket_keys_load(t->ticket_key_file, &ctx->shared_keys, why,
-		    sizeof why) != 0) {
-			snprintf(err, errlen, "[%s] ticket_key_file: %s", t->name,
-			    why);
-			return -1;
-		}
-		mbedtls_ssl_conf_session_tickets_cb(conf, ticket_write,
-		    ticket_parse, ctx->shared_keys);
+	if (ctx->role == CFG_SERVER && ctx->shared_keys != NULL) {
+		/* ticket_key_file, loaded by tls_ctx_new. */
+		mbedtls_ssl_conf_session_tickets_cb(conf, ticket_seal,
+		    ticket_open, ctx);
 	} else if (ctx->role == CFG_SERVER) {
 #if defined(MBEDTLS_THREADING_C)
 		/*
@@ -188,22 +340,22 @@ static int conf_setup(struct tls_ctx *ctx, mbedtls_ssl_config *conf,
 			    log_tlserr(rc, msg, sizeof msg));
 			return -1;
 		}
-		mbedtls_ssl_conf_session_tickets_cb(conf,
-		    mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
-		    &ctx->ticket);
+		mbedtls_ssl_conf_session_tickets_cb(conf, ticket_seal,
+		    ticket_open, ctx);
 #else
 		/*
 		 * Without MBEDTLS_THREADING_C mbedtls_ssl_ticket has no lock:
 		 * seal with ticket.c's stateless keys from a random secret.
 		 */
 		char why[200];
-		if (ticket_keys_random(&ctx->shared_keys, why, sizeof why) != 0) {
+		if (ticket_keys_random(ctx->binding, &ctx->shared_keys, why,
+		    sizeof why) != 0) {
 			snprintf(err, errlen, "[%s] session tickets: %s", t->name,
 			    why);
 			return -1;
 		}
-		mbedtls_ssl_conf_session_tickets_cb(conf, ticket_write,
-		    ticket_parse, ctx->shared_keys);
+		mbedtls_ssl_conf_session_tickets_cb(conf, ticket_seal,
+		    ticket_open, ctx);
 #endif
 	}
 	return 0;
@@ -259,7 +411,7 @@ static int alpn_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 }
 
 int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
-    struct tls_ctx **out, char *err, size_t errlen)
+    uid_t run_as, struct tls_ctx **out, char *err, size_t errlen)
 {
 	char msg[200];
 	*out = NULL;
@@ -271,6 +423,8 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 	if (ctx == NULL)
 		goto fail_nomem;
 	ctx->role = role;
+	if ((ctx->name = strdup(t->name)) == NULL)
+		goto fail_nomem;
 	mbedtls_ssl_config_init(&ctx->conf);
 	mbedtls_ssl_config_init(&ctx->pool_conf);
 	mbedtls_x509_crt_init(&ctx->own_crt);
@@ -284,15 +438,9 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 
 	if (load_crt(&ctx->own_crt, t, "cert", t->cert, err, errlen) != 0)
 		goto fail;
-	int rc = compat_pk_parse_keyfile(&ctx->own_key, t->key, rng_get());
-	if (rc != 0) {
-		file_error(err, errlen, t->name, "key", t->key,
-		    "not a PEM or DER private key (encrypted keys are not "
-		    "supported)", rc);
+	if (load_key(&ctx->own_key, t, run_as, err, errlen) != 0)
 		goto fail;
-	}
-	warn_if_exposed(t, t->key);
-	rc = compat_pk_check_pair(&ctx->own_crt.pk, &ctx->own_key, rng_get());
+	int rc = compat_pk_check_pair(&ctx->own_crt.pk, &ctx->own_key, rng_get());
 	if (rc != 0) {
 		snprintf(err, errlen, "[%s] key: %s does not match the "
 		    "certificate %s (%s)", t->name, t->key, t->cert,
@@ -321,6 +469,17 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 		if (ctx->has_ca && name != NULL &&
 		    (ctx->server_name = strdup(name)) == NULL)
 			goto fail_nomem;
+	}
+	if (binding_compute(ctx, t) != 0)
+		goto fail_nomem;
+	if (role == CFG_SERVER && t->resumption && t->ticket_key_file != NULL) {
+		char why[600];
+		if (ticket_keys_load(t->ticket_key_file, run_as, ctx->binding,
+		    &ctx->shared_keys, why, sizeof why) != 0) {
+			snprintf(err, errlen, "[%s] ticket_key_file: %s", t->name,
+			    why);
+			goto fail;
+		}
 	}
 	if (conf_setup(ctx, &ctx->conf, t, err, errlen) != 0)
 		goto fail;
@@ -357,6 +516,7 @@ void tls_ctx_free(struct tls_ctx *ctx)
 	free(ctx->pins);
 	free(ctx->server_name);
 	free(ctx->sni);
+	free(ctx->name);
 	free(ctx);
 }
 
@@ -397,6 +557,7 @@ static int verify_cb(void *arg, mbedtls_x509_crt *crt, int depth,
 		return MBEDTLS_ERR_X509_CERT_VERIFY_FAILED;
 	}
 	/* Pinned (and chained, with a CA): nothing left to object to. */
+	peer->verified = true;
 	*flags = 0;
 	return 0;
 }
@@ -434,22 +595,16 @@ int tls_session_setup_pool(const struct tls_ctx *ctx,
 	    &ctx->conf, ssl, peer);
 }
 
-enum tls_verdict tls_check_peer(mbedtls_ssl_context *ssl, struct tls_peer *peer)
+enum tls_verdict tls_check_peer(const struct tls_ctx *now,
+    const mbedtls_ssl_context *ssl, struct tls_peer *peer)
 {
-	const struct tls_ctx *ctx = peer->ctx;
 	const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(ssl);
-
 	if (crt == NULL)
 		return peer->verdict = TLS_PEER_NO_CERT;
-	/* A resumed session skipped verify_cb: judge its certificate here. */
-	if (pin_of_crt(crt, &peer->pin) != 0)
-		return peer->verdict = TLS_PEER_PIN_MISMATCH;
-	peer->has_pin = true;
-	if (ctx->has_ca && mbedtls_ssl_get_verify_result(ssl) != 0)
-		return peer->verdict = TLS_PEER_CHAIN_INVALID;
-	if (ctx->npins > 0 && !pin_in(&peer->pin, ctx->pins, ctx->npins))
-		return peer->verdict = TLS_PEER_PIN_MISMATCH;
-	return peer->verdict = TLS_PEER_OK;
+	/* The verify callback passed this very chain under these settings. */
+	if (peer->verified && now == peer->ctx)
+		return peer->verdict = TLS_PEER_OK;
+	return peer->verdict = judge(now, crt, peer);
 }
 
 void tls_session_resume(struct tls_ctx *ctx, mbedtls_ssl_context *ssl)
@@ -481,7 +636,7 @@ void tls_session_save(struct tls_ctx *ctx, const mbedtls_ssl_context *ssl)
 
 bool tls_resumed(const struct tls_peer *peer)
 {
-	return !peer->has_pin;
+	return !peer->verified;
 }
 
 const char *tls_verdict_reason(enum tls_verdict v)

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <mbedtls/ssl.h>
 
@@ -32,20 +33,23 @@ struct tls_peer {
 	const struct tls_ctx *ctx;
 	uint32_t chain_flags;	/* mbedTLS verify flags, all depths */
 	enum tls_verdict verdict;
+	bool verified;		/* the verify callback passed it, under ctx */
 	bool has_pin;
 	struct pin pin;		/* the peer's key, once seen */
 };
 
 /*
  * Build the configuration for tunnel t in role: loads cert, key (and
- * checks they are a pair) and ca. A server's configuration lists the ALPN
+ * checks they are a pair) and ca. The key and the ticket_key_file are
+ * read under secret.h's rule; run_as is the uid of `user =` (a secret it
+ * owns is fine while root reads it at start), or (uid_t)-1. A server's configuration lists the ALPN
  * protocol upseal/1; a client's with pool > 0 gets a second one that
  * offers it (tls_session_setup_pool). On error returns -1 and err names the
  * tunnel, the file and what is wrong. *out is owned by the caller
  * (tls_ctx_free); it keeps no pointer into t.
  */
 int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
-    struct tls_ctx **out, char *err, size_t errlen);
+    uid_t run_as, struct tls_ctx **out, char *err, size_t errlen);
 
 /* Free a context; NULL is a no-op. No session may still use it. */
 void tls_ctx_free(struct tls_ctx *ctx);
@@ -60,12 +64,6 @@ int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
     struct tls_peer *peer);
 
 /*
- * After a completed handshake (full or resumed): the peer must have
- * presented a certificate, and its key must be pinned (and, with a CA,
- * the session must have verified). Fills peer->pin and returns the
- * verdict.
- */
-/*
  * The same for a client's pool connection: its ClientHello also offers
  * the ALPN protocol upseal/1 (preamble.h). Needs a context built for a
  * tunnel with pool > 0 (else the same as tls_session_setup).
@@ -73,19 +71,33 @@ int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
 int tls_session_setup_pool(const struct tls_ctx *ctx,
     mbedtls_ssl_context *ssl, struct tls_peer *peer);
 
-enum tls_verdict tls_check_peer(mbedtls_ssl_context *ssl, struct tls_peer *peer);
+/*
+ * After a completed handshake (full or resumed), and again whenever the
+ * tunnel's settings change before the peer reaches the backend: judge the
+ * peer against now, the tunnel's current context. It must have presented
+ * a certificate; if the verify callback passed it under now, that
+ * verdict stands; otherwise (a resumed session, or settings reloaded
+ * since the connection began) its certificate is judged from scratch:
+ * pins, and with a CA the chain and name again, never a stored verdict.
+ * Fills peer->pin (has_pin) and returns the verdict (also peer->verdict).
+ */
+enum tls_verdict tls_check_peer(const struct tls_ctx *now,
+    const mbedtls_ssl_context *ssl, struct tls_peer *peer);
 
 /*
  * Session resumption (resumption = yes): the server issues tickets under
- * keys that rotate; the client keeps the last session per tunnel and
- * offers it. A resumed handshake skips the verify callback, so the peer
- * is judged by tls_check_peer from the certificate the session carries.
+ * keys that rotate and are bound to the tunnel's name, role, pins and CA
+ * (ticket.h); the client keeps the last session per tunnel and offers
+ * it. A resumed handshake skips the verify callback: the server judges
+ * the certificate a ticket carries as it opens it (a failing one gets a
+ * full handshake instead), and tls_check_peer judges it again.
  *
  * tls_session_resume: before the handshake (client role), offer the
  * cached session if there is one. tls_session_save: after a handshake
  * whose peer passed (client role), keep its session for the next one.
  * tls_resumed: whether the handshake just completed was a resumption
- * (the verify callback did not run).
+ * (the verify callback did not pass a certificate; call it before
+ * tls_check_peer).
  */
 void tls_session_resume(struct tls_ctx *ctx, mbedtls_ssl_context *ssl);
 void tls_session_save(struct tls_ctx *ctx, const mbedtls_ssl_context *ssl);

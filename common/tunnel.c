@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <netdb.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -315,7 +316,10 @@ struct tunnel_conf *tunnel_conf_new(struct cfg *owner,
 		snprintf(err, errlen, "[%s] out of memory", cfg->name);
 		return NULL;
 	}
-	if (tls_ctx_new(cfg, role, &tc->tls, err, errlen) != 0) {
+	/* `user =`: the keys may belong to the user it is about to run as. */
+	struct passwd *pw = owner->user != NULL ? getpwnam(owner->user) : NULL;
+	uid_t run_as = pw != NULL ? pw->pw_uid : (uid_t)-1;
+	if (tls_ctx_new(cfg, role, run_as, &tc->tls, err, errlen) != 0) {
 		free(tc);
 		return NULL;
 	}
@@ -535,6 +539,9 @@ void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf)
 		pool_flush(t, "pool_flush");
 	t->conf = tunnel_conf_hold(conf);
 	tunnel_conf_release(old);
+	/* conn_drop frees nothing before the loop runs: the list holds. */
+	for (struct conn *c = t->conns; c != NULL; c = conn_next(c))
+		conn_settings_changed(c);
 	pool_configure(t);
 	/* A raised max_connections lets a held connection in. */
 	tunnel_resume_accept(t);

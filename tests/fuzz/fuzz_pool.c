@@ -135,8 +135,8 @@ static int pair(struct wire *w, mbedtls_ssl_context *cli,
 	if (handshake(cli, srv) != 0)
 		return -1;
 	/* Judged as conn_handshake_step judges them. */
-	if (tls_check_peer(cli, cp) != TLS_PEER_OK ||
-	    tls_check_peer(srv, sp) != TLS_PEER_OK)
+	if (tls_check_peer(cli_ctx, cli, cp) != TLS_PEER_OK ||
+	    tls_check_peer(srv_ctx, srv, sp) != TLS_PEER_OK)
 		die("pair", "a pinned peer was refused");
 	if (!preamble_negotiated(cli) || !preamble_negotiated(srv))
 		die("pair", "upseal/1 was not negotiated");
@@ -184,8 +184,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		die("addr", err);
 	c.listen = s.listen;
 	c.connect = s.connect;
-	if (tls_ctx_new(&s, CFG_SERVER, &srv_ctx, err, sizeof err) != 0 ||
-	    tls_ctx_new(&c, CFG_CLIENT, &cli_ctx, err, sizeof err) != 0)
+	if (tls_ctx_new(&s, CFG_SERVER, (uid_t)-1, &srv_ctx, err, sizeof err) != 0 ||
+	    tls_ctx_new(&c, CFG_CLIENT, (uid_t)-1, &cli_ctx, err, sizeof err) != 0)
 		die("tls_ctx_new", err);
 
 	/* One full handshake: its session makes every later one resumed. */

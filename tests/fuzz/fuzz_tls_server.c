@@ -100,7 +100,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (addr_parse("127.0.0.1:0", &t.listen, err, sizeof err) != 0 ||
 	    addr_parse("127.0.0.1:1", &t.connect, err, sizeof err) != 0)
 		die("addr", err);
-	if (tls_ctx_new(&t, CFG_SERVER, &ctx, err, sizeof err) != 0)
+	if (tls_ctx_new(&t, CFG_SERVER, (uid_t)-1, &ctx, err, sizeof err) != 0)
 		die("tls_ctx_new", err);
 	return 0;
 }
@@ -130,7 +130,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (rc != 0)
 		goto out;
 	/* A completed handshake: judged as a connection would judge it. */
-	if (tls_check_peer(&ssl, &peer) != TLS_PEER_OK)
+	if (tls_check_peer(ctx, &ssl, &peer) != TLS_PEER_OK)
 		goto out;
 	unsigned char buf[4096];
 	for (int i = 0; i < 4096; i++) {
