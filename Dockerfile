@@ -10,7 +10,7 @@
 # The configuration and the identities are mounted at /etc/upseal (read-only
 # is fine; default file /etc/upseal/upseal.ini). Keys must be readable by
 # the image's user `upseal` (uid/gid 10001): owner 10001, mode 0600 (a key
-# that group or others can read is logged as key_permissions). docker kill -s HUP reloads; docker stop drains (drain_timeout,
+# that group or others can read is refused; root-owned 0640 is allowed). docker kill -s HUP reloads; docker stop drains (drain_timeout,
 # default 15s: keep `docker stop -t` above it). The runtime image has no
 # curl: probe the `status` port from outside (see examples/k8s).
 

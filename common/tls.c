@@ -187,7 +187,8 @@ static int binding_compute(struct tls_ctx *ctx, const struct cfg_tunnel *t)
 	unsigned char role = ctx->role == CFG_SERVER ? 's' : 'c';
 	mbedtls_md_context_t h;
 	mbedtls_md_init(&h);
-	qsort(ctx->pins, ctx->npins, sizeof *ctx->pins, pin_cmp);
+	if (ctx->npins > 1)
+		qsort(ctx->pins, ctx->npins, sizeof *ctx->pins, pin_cmp);
 	int rc = mbedtls_md_setup(&h,
 	    mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), 0);
 	if (rc == 0)
