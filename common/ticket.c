@@ -20,7 +20,7 @@
 #define HEADER_LEN 18	/* AAD_LEN + IV_LEN */
 #define IV_LEN 12
 #define TAG_LEN 16
-/* 1 was sealed under keys that were not bound to the tunnel: refused. */
+/* Version 1 tickets, sealed under keys not bound to a tunnel, are refused. */
 #define TICKET_VERSION 2
 
 struct ticket_keys {
