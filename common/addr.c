@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define UNIX_PREFIX "unix:"
 #define DNS_NAME_MAX 253
@@ -225,6 +227,26 @@ bool addr_is_loopback(const struct addr *a)
 		return true;
 	return IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) &&
 	    sin6->sin6_addr.s6_addr[12] == 127;
+}
+
+int addr_unix_path_free(const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	if (lstat(path, &st) != 0)
+		return 0;
+	if (!S_ISSOCK(st.st_mode))
+		return fail(err, errlen, "the path exists and is not a socket");
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0;
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+	int rc = connect(fd, (struct sockaddr *)&sun, sizeof sun);
+	close(fd);
+	if (rc == 0)
+		return fail(err, errlen, "another process is listening there");
+	unlink(path);
+	return 0;
 }
 
 void addr_format(const struct addr *a, char *buf, size_t len)

@@ -48,6 +48,15 @@ bool addr_is_loopback(const struct addr *a);
  */
 bool addr_is_dns_name(const char *name);
 
+/*
+ * Make path free for a unix socket to be bound there: a socket left by a
+ * process that is gone is removed (nothing accepts on it), and no path is
+ * fine. A socket a live process accepts on, or any other kind of file, is
+ * an error: returns -1 with the reason in err ("another process is
+ * listening there"), for the caller to prefix with what it was binding.
+ */
+int addr_unix_path_free(const char *path, char *err, size_t errlen);
+
 /* Write the address back in its text form (`[::1]:80`, `unix:/x`). */
 void addr_format(const struct addr *a, char *buf, size_t len);
 

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -116,38 +115,6 @@ static void on_connection(uv_stream_t *server, int status)
 	accept_into_slot(t);
 }
 
-/*
- * A unix socket path left behind by a process that is gone is removed; one
- * that a live process still accepts on is an error, and so is any other
- * kind of file.
- */
-static int unix_path_free(const char *path, char *err, size_t errlen,
-    const char *name)
-{
-	struct stat st;
-	if (lstat(path, &st) != 0)
-		return 0;
-	if (!S_ISSOCK(st.st_mode)) {
-		snprintf(err, errlen, "[%s] listen unix:%s: the path exists and "
-		    "is not a socket", name, path);
-		return -1;
-	}
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return 0;
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
-	int rc = connect(fd, (struct sockaddr *)&sun, sizeof sun);
-	close(fd);
-	if (rc == 0) {
-		snprintf(err, errlen, "[%s] listen unix:%s: another process is "
-		    "listening there", name, path);
-		return -1;
-	}
-	unlink(path);
-	return 0;
-}
-
 static int sock_error(char *err, size_t errlen, const struct cfg_tunnel *cfg,
     const char *text, int fd)
 {
@@ -171,8 +138,11 @@ static int listen_unix(const struct cfg_tunnel *cfg, unsigned n,
 		    cfg->name, text);
 		return -1;
 	}
-	if (unix_path_free(path, err, errlen, cfg->name) != 0)
+	char why[64];
+	if (addr_unix_path_free(path, why, sizeof why) != 0) {
+		snprintf(err, errlen, "[%s] listen %s: %s", cfg->name, text, why);
 		return -1;
+	}
 	memcpy(sun.sun_path, path, strlen(path) + 1);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
