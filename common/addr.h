@@ -42,6 +42,19 @@ int addr_parse(const char *text, struct addr *out, char *err, size_t errlen);
  */
 bool addr_is_loopback(const struct addr *a);
 
+/* True if sa is 127.0.0.0/8, ::1 or ::ffff:127.x (any other family: false). */
+bool addr_sockaddr_is_loopback(const struct sockaddr *sa);
+
+/*
+ * The rule for a plaintext end given as a name (the client's listen, the
+ * server's connect), applied to each address the name resolved to: 0 if
+ * sa is loopback; otherwise -1 with "HOST resolved to IP, which is not
+ * loopback (allow_remote = no)" in err. Callers skip such an address
+ * unless the tunnel says allow_remote = yes.
+ */
+int addr_check_resolved(const char *host, const struct sockaddr *sa,
+    char *err, size_t errlen);
+
 /*
  * True if name is a DNS host name: labels of 1..63 letters, digits and '-'
  * (not at either end of a label), joined by '.', 253 bytes at most.

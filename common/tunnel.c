@@ -188,8 +188,28 @@ static int tcp_socket(const struct sockaddr *sa, socklen_t len,
 	return fd;
 }
 
-static int listen_tcp(const struct cfg_tunnel *cfg, unsigned n,
-    struct listen_fds *out, char *err, size_t errlen)
+/*
+ * The first address of res this tunnel may listen on: for the client,
+ * whose listen is the plaintext end, a loopback one unless allow_remote.
+ * NULL, with the reason in err, if there is none.
+ */
+static const struct addrinfo *listen_pick(const struct cfg_tunnel *cfg,
+    enum cfg_role role, const struct addrinfo *res, const char *text,
+    char *err, size_t errlen)
+{
+	char why[ADDR_TEXT_MAX + 80];
+	if (role == CFG_SERVER || cfg->allow_remote)
+		return res;
+	for (const struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next)
+		if (addr_sockaddr_is_loopback(ai->ai_addr))
+			return ai;
+	addr_check_resolved(cfg->listen.host, res->ai_addr, why, sizeof why);
+	snprintf(err, errlen, "[%s] listen %s: %s", cfg->name, text, why);
+	return NULL;
+}
+
+static int listen_tcp(const struct cfg_tunnel *cfg, enum cfg_role role,
+    unsigned n, struct listen_fds *out, char *err, size_t errlen)
 {
 	const struct addr *a = &cfg->listen;
 	char text[ADDR_TEXT_MAX];
@@ -211,8 +231,13 @@ static int listen_tcp(const struct cfg_tunnel *cfg, unsigned n,
 			    cfg->name, text, gai_strerror(gai));
 			return -1;
 		}
-		memcpy(&ss, res->ai_addr, res->ai_addrlen);
+		const struct addrinfo *ai = listen_pick(cfg, role, res, text,
+		    err, errlen);
+		if (ai != NULL)
+			memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
 		freeaddrinfo(res);
+		if (ai == NULL)
+			return -1;
 	}
 	len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) :
 	    sizeof(struct sockaddr_in);
@@ -250,7 +275,7 @@ static int listen_tcp(const struct cfg_tunnel *cfg, unsigned n,
 	return 0;
 }
 
-int listen_open(const struct cfg_tunnel *cfg, unsigned n,
+int listen_open(const struct cfg_tunnel *cfg, enum cfg_role role, unsigned n,
     struct listen_fds *out, char *err, size_t errlen)
 {
 	out->n = n;
@@ -259,7 +284,7 @@ int listen_open(const struct cfg_tunnel *cfg, unsigned n,
 	out->text[0] = 0;
 	return cfg->listen.kind == ADDR_UNIX ?
 	    listen_unix(cfg, n, out, err, errlen) :
-	    listen_tcp(cfg, n, out, err, errlen);
+	    listen_tcp(cfg, role, n, out, err, errlen);
 }
 
 void listen_close(struct listen_fds *l, const struct cfg_tunnel *cfg)
