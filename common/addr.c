@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define UNIX_PREFIX "unix:"
 #define DNS_NAME_MAX 253
@@ -209,22 +211,65 @@ int addr_parse(const char *text, struct addr *out, char *err, size_t errlen)
 	return parse_host_port(text, out, err, errlen);
 }
 
+bool addr_sockaddr_is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+		return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (sa->sa_family != AF_INET6)
+		return false;
+	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+	if (IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr))
+		return true;
+	return IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) &&
+	    sin6->sin6_addr.s6_addr[12] == 127;
+}
+
 bool addr_is_loopback(const struct addr *a)
 {
 	if (a->kind == ADDR_UNIX)
 		return true;
 	if (!a->numeric)
 		return strcasecmp(a->host, "localhost") == 0;
-	if (a->sa.ss_family == AF_INET) {
-		const struct sockaddr_in *sin =
-		    (const struct sockaddr_in *)&a->sa;
-		return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
-	}
-	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&a->sa;
-	if (IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr))
-		return true;
-	return IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) &&
-	    sin6->sin6_addr.s6_addr[12] == 127;
+	return addr_sockaddr_is_loopback((const struct sockaddr *)&a->sa);
+}
+
+int addr_check_resolved(const char *host, const struct sockaddr *sa,
+    char *err, size_t errlen)
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+
+	if (addr_sockaddr_is_loopback(sa))
+		return 0;
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr,
+		    ip, sizeof ip);
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6,
+		    &((const struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
+	return fail(err, errlen, "%s resolved to %s, which is not loopback "
+	    "(allow_remote = no)", host, ip);
+}
+
+int addr_unix_path_free(const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	if (lstat(path, &st) != 0)
+		return 0;
+	if (!S_ISSOCK(st.st_mode))
+		return fail(err, errlen, "the path exists and is not a socket");
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0;
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+	int rc = connect(fd, (struct sockaddr *)&sun, sizeof sun);
+	close(fd);
+	if (rc == 0)
+		return fail(err, errlen, "another process is listening there");
+	unlink(path);
+	return 0;
 }
 
 void addr_format(const struct addr *a, char *buf, size_t len)

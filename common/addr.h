@@ -42,11 +42,33 @@ int addr_parse(const char *text, struct addr *out, char *err, size_t errlen);
  */
 bool addr_is_loopback(const struct addr *a);
 
+/* True if sa is 127.0.0.0/8, ::1 or ::ffff:127.x (any other family: false). */
+bool addr_sockaddr_is_loopback(const struct sockaddr *sa);
+
+/*
+ * The rule for a plaintext end given as a name (the client's listen, the
+ * server's connect), applied to each address the name resolved to: 0 if
+ * sa is loopback; otherwise -1 with "HOST resolved to IP, which is not
+ * loopback (allow_remote = no)" in err. Callers skip such an address
+ * unless the tunnel says allow_remote = yes.
+ */
+int addr_check_resolved(const char *host, const struct sockaddr *sa,
+    char *err, size_t errlen);
+
 /*
  * True if name is a DNS host name: labels of 1..63 letters, digits and '-'
  * (not at either end of a label), joined by '.', 253 bytes at most.
  */
 bool addr_is_dns_name(const char *name);
+
+/*
+ * Make path free for a unix socket to be bound there: a socket left by a
+ * process that is gone is removed (nothing accepts on it), and no path is
+ * fine. A socket a live process accepts on, or any other kind of file, is
+ * an error: returns -1 with the reason in err ("another process is
+ * listening there"), for the caller to prefix with what it was binding.
+ */
+int addr_unix_path_free(const char *path, char *err, size_t errlen);
 
 /* Write the address back in its text form (`[::1]:80`, `unix:/x`). */
 void addr_format(const struct addr *a, char *buf, size_t len);

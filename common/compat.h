@@ -6,6 +6,14 @@
 #define UPSEAL_COMPAT_H
 
 #include <mbedtls/version.h>
+/*
+ * 2.28, or 3.6.1 and later. 3.6.0 does not call the verify callback (the
+ * pin check) in a TLS 1.3 handshake and has CVE-2024-45159; 3.0 to 3.5 are
+ * no longer maintained.
+ */
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000 && MBEDTLS_VERSION_NUMBER < 0x03060100
+#error "upseal needs mbedTLS 2.28 or 3.6.1 or later: 3.x before 3.6.1 skips the pin check (verify callback) under TLS 1.3 and has CVE-2024-45159"
+#endif
 #if MBEDTLS_VERSION_MAJOR >= 3
 #include <mbedtls/build_info.h>
 #include <psa/crypto.h>

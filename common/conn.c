@@ -435,13 +435,36 @@ static void dial_addr(struct conn *c, const struct sockaddr *sa)
 	}
 }
 
+/*
+ * The server's backend is the plaintext end: unless allow_remote, an
+ * address its name resolved to that is not loopback is never dialed
+ * (a search domain or a missing hosts entry must not move it off the
+ * host). True, with why, for such an address.
+ */
+static bool backend_refused(struct conn *c, const struct sockaddr *sa,
+    char *why, size_t len)
+{
+	return c->tun->role == CFG_SERVER && !conn_cfg(c)->allow_remote &&
+	    addr_check_resolved(conn_cfg(c)->connect.host, sa, why, len) != 0;
+}
+
 /* Try the next resolved address, or give up with the last error. */
 static void dial_next(struct conn *c)
 {
-	if (c->ai_next != NULL) {
+	char why[sizeof c->error];
+	while (c->ai_next != NULL) {
 		struct addrinfo *ai = c->ai_next;
 		c->ai_next = ai->ai_next;
-		dial_addr(c, ai->ai_addr);
+		if (!backend_refused(c, ai->ai_addr, why, sizeof why)) {
+			dial_addr(c, ai->ai_addr);
+			return;
+		}
+	}
+	if (c->dial_err == 0 && c->ai_list != NULL &&
+	    backend_refused(c, c->ai_list->ai_addr, why, sizeof why)) {
+		/* None dialed: every address was refused; say so for the first. */
+		conn_errorf(c, "%s", why);
+		conn_fail(c, "connect_failed", true);
 		return;
 	}
 	char where[ADDR_TEXT_MAX];

@@ -780,8 +780,8 @@ static struct plan *plan_build(struct daemon *d, struct cfg *cfg,
 			snprintf(err, errlen, "[%s] out of memory",
 			    cfg->tunnels[i].name);
 			failed = true;
-		} else if (listen_open(&cfg->tunnels[i], d->nworkers, &e->fds,
-		    err, errlen) != 0) {
+		} else if (listen_open(&cfg->tunnels[i], d->role, d->nworkers,
+		    &e->fds, err, errlen) != 0) {
 			failed = true;
 		}
 	}

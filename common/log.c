@@ -40,18 +40,38 @@ int log_level_parse(const char *text, enum log_level *out)
 	return -1;
 }
 
-/* Append raw bytes, keeping room for the line's end. */
+/*
+ * Room kept at the end of the buffer for what log_end adds to a cut line:
+ * a closing quote, " truncated=true" or ,"truncated":true, "}" and "\n".
+ */
+#define LINE_END_RESERVE 32
+
+/* Append raw bytes, cutting them when the line is full. */
 static void put(struct log_line *l, const char *s, size_t n)
 {
-	const size_t reserve = 32;	/* for " truncated=true" / "}\n" */
 	if (l->cut)
 		return;
-	if (l->len + n + reserve > sizeof l->buf) {
-		n = sizeof l->buf - reserve - l->len;
+	if (l->len + n + LINE_END_RESERVE > sizeof l->buf) {
+		n = sizeof l->buf - LINE_END_RESERVE - l->len;
 		l->cut = true;
 	}
 	memcpy(l->buf + l->len, s, n);
 	l->len += n;
+}
+
+/* True if n more bytes fit; if not, the line is cut from here on. */
+static bool fits(struct log_line *l, size_t n)
+{
+	if (!l->cut && l->len + n + LINE_END_RESERVE > sizeof l->buf)
+		l->cut = true;
+	return !l->cut;
+}
+
+/* Append all n bytes or, when they do not fit, none (the line is cut). */
+static void put_whole(struct log_line *l, const char *s, size_t n)
+{
+	if (fits(l, n))
+		put(l, s, n);
 }
 
 static void puts_raw(struct log_line *l, const char *s)
@@ -71,48 +91,78 @@ static bool needs_quotes(const char *s)
 	return false;
 }
 
-/* A quoted, escaped string: valid JSON and valid logfmt. */
+/* Bytes of the UTF-8 sequence at s, 1 for a byte that starts none. */
+static size_t utf8_len(const unsigned char *s)
+{
+	size_t n = s[0] >= 0xf8 ? 1 : s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 :
+	    s[0] >= 0xc0 ? 2 : 1;
+	for (size_t i = 1; i < n; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return i;
+	return n;
+}
+
+/*
+ * A quoted, escaped string: valid JSON and valid logfmt. A cut falls
+ * between characters, never inside an escape or a UTF-8 sequence; the
+ * string it leaves open is closed by log_end.
+ */
 static void put_quoted(struct log_line *l, const char *s)
 {
-	put(l, "\"", 1);
-	for (; *s; s++) {
+	put_whole(l, "\"", 1);
+	if (l->cut)
+		return;
+	l->open_quote = true;
+	while (*s) {
 		unsigned char c = (unsigned char)*s;
 		char esc[8];
+		size_t n = 1;
 		if (c == '"' || c == '\\') {
 			esc[0] = '\\';
 			esc[1] = (char)c;
-			put(l, esc, 2);
+			put_whole(l, esc, 2);
 		} else if (c == '\n') {
-			put(l, "\\n", 2);
+			put_whole(l, "\\n", 2);
 		} else if (c == '\t') {
-			put(l, "\\t", 2);
+			put_whole(l, "\\t", 2);
 		} else if (c < 0x20 || c == 0x7f) {
 			snprintf(esc, sizeof esc, "\\u%04x", c);
-			put(l, esc, 6);
+			put_whole(l, esc, 6);
 		} else {
-			put(l, (const char *)&c, 1);
+			n = utf8_len((const unsigned char *)s);
+			put_whole(l, s, n);
 		}
+		if (l->cut)
+			return;
+		s += n;
 	}
-	put(l, "\"", 1);
+	put_whole(l, "\"", 1);
+	if (!l->cut)
+		l->open_quote = false;
 }
 
+/*
+ * The key of a field, whole or not at all. Where the field starts and
+ * where its value starts are kept, so that log_end can take back a key
+ * whose value did not fit.
+ */
 static void put_key(struct log_line *l, const char *key)
 {
-	if (l->json) {
-		put(l, ",\"", 2);
+	l->field_at = l->len;
+	if (fits(l, strlen(key) + (l->json ? 4 : 2))) {
+		put(l, l->json ? ",\"" : " ", l->json ? 2 : 1);
 		puts_raw(l, key);
-		put(l, "\":", 2);
-	} else {
-		put(l, " ", 1);
-		puts_raw(l, key);
-		put(l, "=", 1);
+		put(l, l->json ? "\":" : "=", l->json ? 2 : 1);
 	}
+	l->value_at = l->len;
 }
 
 void log_begin(struct log_line *l, enum log_level level, const char *event)
 {
 	l->len = 0;
 	l->cut = false;
+	l->open_quote = false;
+	l->field_at = l->value_at = 0;
 	l->on = log_enabled(level);
 	l->json = atomic_load_explicit(&log_json_format, memory_order_relaxed);
 	if (!l->on)
@@ -163,7 +213,7 @@ void log_u64(struct log_line *l, const char *key, uint64_t value)
 		return;
 	put_key(l, key);
 	snprintf(num, sizeof num, "%llu", (unsigned long long)value);
-	puts_raw(l, num);
+	put_whole(l, num, strlen(num));
 }
 
 void log_i64(struct log_line *l, const char *key, int64_t value)
@@ -173,7 +223,7 @@ void log_i64(struct log_line *l, const char *key, int64_t value)
 		return;
 	put_key(l, key);
 	snprintf(num, sizeof num, "%lld", (long long)value);
-	puts_raw(l, num);
+	put_whole(l, num, strlen(num));
 }
 
 void log_bool(struct log_line *l, const char *key, bool value)
@@ -181,7 +231,7 @@ void log_bool(struct log_line *l, const char *key, bool value)
 	if (!l->on)
 		return;
 	put_key(l, key);
-	puts_raw(l, value ? "true" : "false");
+	put_whole(l, value ? "true" : "false", value ? 4 : 5);
 }
 
 static void log_vfmt(struct log_line *l, const char *key, const char *fmt, va_list ap)
@@ -205,17 +255,22 @@ void log_end(struct log_line *l)
 {
 	if (!l->on)
 		return;
-	bool cut = l->cut;
-	l->cut = false;	/* the reserve is ours now */
-	if (cut) {
-		if (l->json)
-			puts_raw(l, ",\"truncated\":true");
-		else
-			puts_raw(l, " truncated=true");
+	/* The end is written in the reserve, past where put stops. */
+	char *end = l->buf + l->len;
+	if (l->cut) {
+		if (l->open_quote)
+			*end++ = '"';
+		else if (l->len == l->value_at)
+			end = l->buf + l->field_at;	/* a key without its value */
+		const char *mark = l->json ? ",\"truncated\":true" :
+		    " truncated=true";
+		memcpy(end, mark, strlen(mark));
+		end += strlen(mark);
 	}
 	if (l->json)
-		put(l, "}", 1);
-	put(l, "\n", 1);
+		*end++ = '}';
+	*end++ = '\n';
+	l->len = (size_t)(end - l->buf);
 
 	const char *p = l->buf;
 	size_t left = l->len;

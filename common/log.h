@@ -24,7 +24,9 @@ struct log_line {
 	size_t len;
 	bool on;	/* false: the level is filtered out, every call is a no-op */
 	bool json;
-	bool cut;
+	bool cut;	/* full: later fields are dropped */
+	bool open_quote;	/* a quoted value was cut before its end */
+	size_t field_at, value_at;	/* where the last field and its value start */
 };
 
 /* Set the level and format for the whole process (default: info, text). */

@@ -4,14 +4,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
 
 #define REQUEST_MAX 4096
 #define CLIENTS_MAX 32
-#define CLIENT_TIMEOUT_MS 5000
+#define HEAD_TIMEOUT_MS 2000	/* from accept to the end of the request head */
+#define CLIENT_TIMEOUT_MS 5000	/* from the head to the response written */
 
 union sstream {
 	uv_handle_t h;
@@ -29,6 +29,7 @@ struct client {
 	uv_shutdown_t shut;
 	int refs;		/* io + timer */
 	bool closing;
+	bool answered;		/* the head is in (or refused): writing */
 	size_t len;
 	char req[REQUEST_MAX];
 	struct sbuf response;
@@ -39,8 +40,9 @@ struct status {
 	union sstream listener;
 	status_render_fn render;
 	void *arg;
-	struct client *clients;
+	struct client *clients;	/* newest first */
 	unsigned nclients;
+	unsigned nopen;		/* of those, not closing */
 	bool stopping;
 	bool listener_closed;
 	char path[ADDR_PATH_MAX];	/* unix socket to remove, or "" */
@@ -75,6 +77,7 @@ static void client_close(struct client *c)
 	if (c->closing)
 		return;
 	c->closing = true;
+	c->st->nopen--;
 	uv_close((uv_handle_t *)&c->timer, on_client_closed);
 	uv_close(&c->io.h, on_client_closed);
 }
@@ -119,6 +122,8 @@ static void respond(struct client *c, int code, const char *type,
     struct sbuf *body, bool head)
 {
 	uv_read_stop(&c->io.s);
+	c->answered = true;
+	uv_timer_start(&c->timer, on_timeout, CLIENT_TIMEOUT_MS, 0);
 	sbuf_printf(&c->response, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
 	    "Content-Length: %zu\r\nCache-Control: no-store\r\n"
 	    "Connection: close\r\n\r\n", code, reason_phrase(code), type,
@@ -196,11 +201,29 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		respond_text(c, 431, "request too large");
 }
 
+/*
+ * The table is full: close the oldest client that has not sent its whole
+ * request head yet, so that idle connections cannot keep a new request
+ * (a readiness probe) out. False if every client is being answered.
+ */
+static bool evict_one(struct status *st)
+{
+	struct client *oldest = NULL;
+	for (struct client *c = st->clients; c != NULL; c = c->next)
+		if (!c->closing && !c->answered)
+			oldest = c;
+	if (oldest == NULL)
+		return false;
+	client_close(oldest);
+	return true;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
 	struct status *st = server->data;
 	if (status < 0 || st->stopping)
 		return;
+	bool full = st->nopen >= CLIENTS_MAX && !evict_one(st);
 	struct client *c = calloc(1, sizeof *c);
 	if (c == NULL)
 		return;	/* libuv retries the accept when we next poll */
@@ -220,11 +243,12 @@ static void on_connection(uv_stream_t *server, int status)
 		st->clients->prev = c;
 	st->clients = c;
 	st->nclients++;
-	if (uv_accept(server, &c->io.s) != 0 || st->nclients > CLIENTS_MAX) {
+	st->nopen++;
+	if (uv_accept(server, &c->io.s) != 0 || full) {
 		client_close(c);
 		return;
 	}
-	uv_timer_start(&c->timer, on_timeout, CLIENT_TIMEOUT_MS, 0);
+	uv_timer_start(&c->timer, on_timeout, HEAD_TIMEOUT_MS, 0);
 	if (uv_read_start(&c->io.s, on_alloc, on_read) != 0)
 		client_close(c);
 }
@@ -253,9 +277,12 @@ int status_start(uv_loop_t *loop, const struct addr *a, status_render_fn render,
 	int rc;
 	bool inited = false;
 	if (a->kind == ADDR_UNIX) {
-		struct stat sb;
-		if (lstat(a->path, &sb) == 0 && S_ISSOCK(sb.st_mode))
-			unlink(a->path);	/* left by an earlier run */
+		char why[64];
+		if (addr_unix_path_free(a->path, why, sizeof why) != 0) {
+			snprintf(err, errlen, "status %s: %s", text, why);
+			free(st);
+			return -1;
+		}
 		rc = uv_pipe_init(loop, &st->listener.pipe, 0);
 		inited = rc == 0;
 		if (rc == 0)

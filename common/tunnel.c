@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -117,38 +116,6 @@ static void on_connection(uv_stream_t *server, int status)
 	accept_into_slot(t);
 }
 
-/*
- * A unix socket path left behind by a process that is gone is removed; one
- * that a live process still accepts on is an error, and so is any other
- * kind of file.
- */
-static int unix_path_free(const char *path, char *err, size_t errlen,
-    const char *name)
-{
-	struct stat st;
-	if (lstat(path, &st) != 0)
-		return 0;
-	if (!S_ISSOCK(st.st_mode)) {
-		snprintf(err, errlen, "[%s] listen unix:%s: the path exists and "
-		    "is not a socket", name, path);
-		return -1;
-	}
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return 0;
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
-	int rc = connect(fd, (struct sockaddr *)&sun, sizeof sun);
-	close(fd);
-	if (rc == 0) {
-		snprintf(err, errlen, "[%s] listen unix:%s: another process is "
-		    "listening there", name, path);
-		return -1;
-	}
-	unlink(path);
-	return 0;
-}
-
 static int sock_error(char *err, size_t errlen, const struct cfg_tunnel *cfg,
     const char *text, int fd)
 {
@@ -172,8 +139,11 @@ static int listen_unix(const struct cfg_tunnel *cfg, unsigned n,
 		    cfg->name, text);
 		return -1;
 	}
-	if (unix_path_free(path, err, errlen, cfg->name) != 0)
+	char why[64];
+	if (addr_unix_path_free(path, why, sizeof why) != 0) {
+		snprintf(err, errlen, "[%s] listen %s: %s", cfg->name, text, why);
 		return -1;
+	}
 	memcpy(sun.sun_path, path, strlen(path) + 1);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -219,8 +189,28 @@ static int tcp_socket(const struct sockaddr *sa, socklen_t len,
 	return fd;
 }
 
-static int listen_tcp(const struct cfg_tunnel *cfg, unsigned n,
-    struct listen_fds *out, char *err, size_t errlen)
+/*
+ * The first address of res this tunnel may listen on: for the client,
+ * whose listen is the plaintext end, a loopback one unless allow_remote.
+ * NULL, with the reason in err, if there is none.
+ */
+static const struct addrinfo *listen_pick(const struct cfg_tunnel *cfg,
+    enum cfg_role role, const struct addrinfo *res, const char *text,
+    char *err, size_t errlen)
+{
+	char why[ADDR_TEXT_MAX + 80];
+	if (role == CFG_SERVER || cfg->allow_remote)
+		return res;
+	for (const struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next)
+		if (addr_sockaddr_is_loopback(ai->ai_addr))
+			return ai;
+	addr_check_resolved(cfg->listen.host, res->ai_addr, why, sizeof why);
+	snprintf(err, errlen, "[%s] listen %s: %s", cfg->name, text, why);
+	return NULL;
+}
+
+static int listen_tcp(const struct cfg_tunnel *cfg, enum cfg_role role,
+    unsigned n, struct listen_fds *out, char *err, size_t errlen)
 {
 	const struct addr *a = &cfg->listen;
 	char text[ADDR_TEXT_MAX];
@@ -242,8 +232,13 @@ static int listen_tcp(const struct cfg_tunnel *cfg, unsigned n,
 			    cfg->name, text, gai_strerror(gai));
 			return -1;
 		}
-		memcpy(&ss, res->ai_addr, res->ai_addrlen);
+		const struct addrinfo *ai = listen_pick(cfg, role, res, text,
+		    err, errlen);
+		if (ai != NULL)
+			memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
 		freeaddrinfo(res);
+		if (ai == NULL)
+			return -1;
 	}
 	len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) :
 	    sizeof(struct sockaddr_in);
@@ -281,7 +276,7 @@ static int listen_tcp(const struct cfg_tunnel *cfg, unsigned n,
 	return 0;
 }
 
-int listen_open(const struct cfg_tunnel *cfg, unsigned n,
+int listen_open(const struct cfg_tunnel *cfg, enum cfg_role role, unsigned n,
     struct listen_fds *out, char *err, size_t errlen)
 {
 	out->n = n;
@@ -290,7 +285,7 @@ int listen_open(const struct cfg_tunnel *cfg, unsigned n,
 	out->text[0] = 0;
 	return cfg->listen.kind == ADDR_UNIX ?
 	    listen_unix(cfg, n, out, err, errlen) :
-	    listen_tcp(cfg, n, out, err, errlen);
+	    listen_tcp(cfg, role, n, out, err, errlen);
 }
 
 void listen_close(struct listen_fds *l, const struct cfg_tunnel *cfg)

@@ -102,10 +102,13 @@ struct listen_fds {
 };
 
 /*
- * Bind and listen for section cfg, n sockets. On error returns -1, err
- * says what and where, and nothing is left open.
+ * Bind and listen for section cfg of a role's file, n sockets. A host
+ * name is resolved now; for the client (listen is its plaintext end) an
+ * address that is not loopback is skipped unless allow_remote, and a name
+ * with no loopback address is an error. On error returns -1, err says
+ * what and where, and nothing is left open.
  */
-int listen_open(const struct cfg_tunnel *cfg, unsigned n,
+int listen_open(const struct cfg_tunnel *cfg, enum cfg_role role, unsigned n,
     struct listen_fds *out, char *err, size_t errlen);
 /* Close the sockets not taken; a unix socket file is removed with them. */
 void listen_close(struct listen_fds *l, const struct cfg_tunnel *cfg);

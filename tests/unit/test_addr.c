@@ -235,3 +235,39 @@ TEST(addr_format_other)
 	addr_format(&a, buf, 8);	/* cut, but NUL-terminated */
 	CHECK_STR(buf, "backend");
 }
+
+/* What a name resolved to, as getaddrinfo hands it over. */
+static int resolved(const char *ip, char *why, size_t len)
+{
+	struct sockaddr_storage ss = { 0 };
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+
+	if (inet_pton(AF_INET, ip, &sin->sin_addr) == 1)
+		sin->sin_family = AF_INET;
+	else if (inet_pton(AF_INET6, ip, &sin6->sin6_addr) == 1)
+		sin6->sin6_family = AF_INET6;
+	why[0] = '\0';
+	return addr_check_resolved("localhost", (struct sockaddr *)&ss, why, len);
+}
+
+TEST(addr_resolved_loopback)
+{
+	char why[128];
+
+	CHECK_INT(resolved("127.0.0.1", why, sizeof why), 0);
+	CHECK_INT(resolved("127.255.0.9", why, sizeof why), 0);
+	CHECK_INT(resolved("::1", why, sizeof why), 0);
+	CHECK_INT(resolved("::ffff:127.0.0.2", why, sizeof why), 0);
+	CHECK_STR(why, "");
+	CHECK_INT(resolved("10.1.2.3", why, sizeof why), -1);
+	CHECK_STR(why, "localhost resolved to 10.1.2.3, which is not loopback "
+	    "(allow_remote = no)");
+	CHECK_INT(resolved("128.0.0.1", why, sizeof why), -1);
+	CHECK_INT(resolved("0.0.0.0", why, sizeof why), -1);
+	CHECK_INT(resolved("::", why, sizeof why), -1);
+	CHECK_INT(resolved("::ffff:10.0.0.1", why, sizeof why), -1);
+	CHECK_INT(resolved("fe80::1", why, sizeof why), -1);
+	CHECK_STR(why, "localhost resolved to fe80::1, which is not loopback "
+	    "(allow_remote = no)");
+}
