@@ -158,26 +158,6 @@ def test_backend_name_off_loopback_refused(h):
 
 
 @timeout(60)
-def test_backend_name_off_loopback_allow_remote(h):
-    """allow_remote = yes lets the resolved address through: the server
-    dials it. In this namespace nothing routes there, so the dial fails
-    in the kernel (network unreachable) without a packet leaving."""
-    box = Box(h)
-    bad = box.hosts("bad", "%s localhost\n" % OFF_HOST)
-    _, srv, cli = _chain(h, box, bad, _ids(h), {"allow_remote": "yes"})
-    s = box.connect(cli.addr("app"))
-    s.sendall(b"x\n")
-    how, _, _ = wait_closed(s, scaled(8, 12))
-    check(how != "open", "client connection still open")
-    e = srv.wait_event("conn_end", tunnel="app")
-    check_eq(e.get("reason"), "connect_failed", "server conn_end reason")
-    check("not loopback" not in e.get("error", ""),
-          "allow_remote = yes, yet refused: %r" % e.get("error"))
-    check(OFF_HOST in e.get("error", "") or "unreachable" in
-          e.get("error", ""), "the dial was not attempted: %r" % e)
-
-
-@timeout(60)
 def test_client_listen_name_off_loopback(h):
     """The client's listen = localhost:0 with localhost resolving to
     192.0.2.1: a start error naming the tunnel, the name and the address;
