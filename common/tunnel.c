@@ -68,6 +68,8 @@ static bool take_slot(struct tunnel *t)
  * accept like max_connections does, woken when a handshake ends on any
  * worker or by shed_timer when one becomes sheddable.
  */
+#define HS_QUIET_MS 5000
+
 static void on_shed_timer(uv_timer_t *timer)
 {
 	tunnel_resume_accept(timer->data);
@@ -81,8 +83,14 @@ static bool handshake_room(struct tunnel *t)
 
 	if (t->role != CFG_SERVER)
 		return true;
+	uint64_t now = uv_now(t->loop);
 	if (atomic_load(&t->stats->handshaking) < max) {
-		if (t->hs_full) {
+		/*
+		 * The burst is over once the budget was not found full for
+		 * HS_QUIET_MS: a place freed now and then in a flood (a pinned
+		 * peer done) does not end it, so it is told once, not per dip.
+		 */
+		if (t->hs_full && now - t->hs_full_at >= HS_QUIET_MS) {
 			t->hs_full = false;
 			log_begin(&l, LOG_INFO, "max_handshakes_end");
 			log_str(&l, "tunnel", tunnel_cfg(t)->name);
@@ -93,6 +101,7 @@ static bool handshake_room(struct tunnel *t)
 		}
 		return true;
 	}
+	t->hs_full_at = now;
 	if (!t->hs_full) {
 		t->hs_full = true;
 		log_begin(&l, LOG_WARN, "max_handshakes");

@@ -69,6 +69,7 @@ struct tunnel {
 	struct conn *hs_oldest, *hs_newest;
 	unsigned hs_live;
 	bool hs_full;			/* at max_handshakes: warned once */
+	uint64_t hs_full_at;		/* uv_now when last found full */
 	uint64_t hs_shed;		/* shed since hs_full was set */
 	uv_timer_t shed_timer;		/* retries an accept held for a handshake */
 	bool shed_timer_open;
