@@ -25,7 +25,7 @@
 enum { K_LISTEN, K_CONNECT, K_CERT, K_KEY, K_CA, K_PIN, K_SERVER_NAME,
     K_CONNECT_TIMEOUT, K_HANDSHAKE_TIMEOUT, K_IDLE_TIMEOUT,
     K_MAX_CONNECTIONS, K_ALLOW_REMOTE, K_RESUMPTION, K_TICKET_KEY_FILE,
-    K_CIPHERS, K_POOL, K_POOL_IDLE, K_TUNNEL_KEYS };
+    K_CIPHERS, K_POOL, K_POOL_IDLE, K_MAX_HANDSHAKES, K_TUNNEL_KEYS };
 
 /* Which kind of section the lines being read belong to. */
 enum section { SEC_NONE, SEC_UPSEAL, SEC_TUNNEL };
@@ -323,6 +323,9 @@ static const struct key tunnel_keys[K_TUNNEL_KEYS] = {
 	    .min = 0, .max = CFG_POOL_MAX, .client_only = true),
 	[K_POOL_IDLE] = KEY("pool_idle", set_duration, T(pool_idle_ms),
 	    DURATION_FORM, .min = 1, .max = HOUR_MS, .client_only = true),
+	[K_MAX_HANDSHAKES] = KEY("max_handshakes", set_count,
+	    T(max_handshakes), "a number from 1 to max_connections",
+	    .min = 1, .max = 1000000, .server_only = true),
 };
 
 /* The field is the cfg itself: status and has_status go together. */
@@ -490,6 +493,24 @@ static void default_server_name(struct parser *p, struct cfg_tunnel *t)
 		fail(p, t->line, t->name, NULL, "out of memory");
 }
 
+/*
+ * max_handshakes: at most max_connections (whichever line came first);
+ * unset, CFG_HANDSHAKES_DEFAULT or max_connections if that is smaller.
+ */
+static void check_handshakes(struct parser *p, struct cfg_tunnel *t)
+{
+	if (p->seen[K_MAX_HANDSHAKES] == 0) {
+		t->max_handshakes = t->max_connections < CFG_HANDSHAKES_DEFAULT ?
+		    t->max_connections : CFG_HANDSHAKES_DEFAULT;
+		return;
+	}
+	if (t->max_handshakes > t->max_connections)
+		fail(p, p->seen[K_MAX_HANDSHAKES], t->name, "max_handshakes",
+		    "%u is more than max_connections (%u); expected a number "
+		    "from 1 to %u", t->max_handshakes, t->max_connections,
+		    t->max_connections);
+}
+
 static void check_unique_listen(struct parser *p, const struct cfg_tunnel *t)
 {
 	char text[ADDR_TEXT_MAX];
@@ -539,6 +560,7 @@ static void finish_section(struct parser *p)
 	if (p->failed)
 		return;
 	check_local(p, t);
+	check_handshakes(p, t);
 	default_server_name(p, t);
 	check_unique_listen(p, t);
 }

@@ -29,6 +29,8 @@ enum cfg_cipher {
 	CFG_CIPHER_AES256GCM,		/* ECDHE-ECDSA-AES256-GCM-SHA384 */
 };
 #define CFG_CIPHERS_MAX 3
+/* max_handshakes when unset (or max_connections, if smaller). */
+#define CFG_HANDSHAKES_DEFAULT 256
 /* pool = N per tunnel at most. */
 #define CFG_POOL_MAX 1000
 
@@ -47,6 +49,8 @@ struct cfg_tunnel {
 	uint64_t handshake_timeout_ms;	/* default 10s */
 	uint64_t idle_timeout_ms;	/* default 5m; 0 = never */
 	unsigned max_connections;	/* default 10000 */
+	/* Server: connections still handshaking; <= max_connections. */
+	unsigned max_handshakes;	/* default min(256, max_connections) */
 	bool allow_remote;		/* default false */
 	bool resumption;		/* session tickets; default true */
 	char *ticket_key_file;		/* server: shared ticket secret, or NULL */

@@ -64,6 +64,88 @@ static bool *dialed_open(struct conn *c)
 	return c->tun->role == CFG_CLIENT ? &c->tls_open : &c->plain_open;
 }
 
+/* ---- the handshake budget (max_handshakes) ---- */
+
+/* Server: c starts its handshake; counted until hs_leave. */
+static void hs_enter(struct conn *c)
+{
+	struct tunnel *t = c->tun;
+	if (t->role != CFG_SERVER || c->hs_counted)
+		return;
+	c->hs_counted = true;
+	c->hs_prev = t->hs_newest;
+	c->hs_next = NULL;
+	if (t->hs_newest != NULL)
+		t->hs_newest->hs_next = c;
+	else
+		t->hs_oldest = c;
+	t->hs_newest = c;
+	t->hs_live++;
+	atomic_fetch_add(&t->stats->handshaking, 1);
+}
+
+/* c's handshake is over (done, failed or dropped); safe to call twice. */
+static void hs_leave(struct conn *c)
+{
+	struct tunnel *t = c->tun;
+	if (!c->hs_counted)
+		return;
+	c->hs_counted = false;
+	if (c->hs_prev != NULL)
+		c->hs_prev->hs_next = c->hs_next;
+	else
+		t->hs_oldest = c->hs_next;
+	if (c->hs_next != NULL)
+		c->hs_next->hs_prev = c->hs_prev;
+	else
+		t->hs_newest = c->hs_prev;
+	c->hs_prev = c->hs_next = NULL;
+	t->hs_live--;
+	tunnel_handshake_ended(t);
+}
+
+/*
+ * Oldest first, so that under a flood the sockets that waited longest go
+ * first (a silent one ages; a real peer finishes in a few ms). "Given a
+ * loop turn" is started < uv_now: uv_now moves only when the loop polls,
+ * so a connection accepted in the current turn, whose ClientHello may be
+ * waiting unread, is never taken for silent. That keeps a burst of real
+ * handshakes (say, every client's pool refilling after a restart) from
+ * shedding itself: the caller holds the accept instead.
+ */
+int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms)
+{
+	uint64_t now = uv_now(t->loop);
+	struct conn *victim = NULL, *oldest = t->hs_oldest;
+	bool young_silent = false;
+
+	if (oldest == NULL)
+		return 1;
+	for (struct conn *c = oldest; c != NULL && victim == NULL;
+	    c = c->hs_next) {
+		if (c->saw_tls_bytes)
+			continue;
+		if (c->started < now)
+			victim = c;
+		else
+			young_silent = true;
+	}
+	if (victim == NULL && now - oldest->started >= CONN_SHED_AGE_MS)
+		victim = oldest;
+	if (victim == NULL) {
+		*retry_ms = young_silent ? 1 :
+		    CONN_SHED_AGE_MS - (now - oldest->started);
+		return -1;
+	}
+	conn_errorf(victim, "shed at max_handshakes = %u for a newer "
+	    "connection (%s)", conn_cfg(victim)->max_handshakes,
+	    victim->saw_tls_bytes ? "handshake unfinished after 1s" :
+	    "no byte received");
+	STAT_ADD(t->stats->hs_shed, 1);
+	conn_fail(victim, "handshake_shed", false);
+	return 0;
+}
+
 /* ---- teardown ---- */
 
 static void conn_free(struct conn *c)
@@ -117,7 +199,8 @@ static bool reason_is_quiet(const char *reason)
 {
 	return strcmp(reason, "closed") == 0 || strcmp(reason, "drain") == 0 ||
 	    strcmp(reason, "idle_timeout") == 0 ||
-	    strcmp(reason, "pool_closed") == 0;
+	    strcmp(reason, "pool_closed") == 0 ||
+	    strcmp(reason, "handshake_shed") == 0;	/* warned once a burst */
 }
 
 static void log_conn_end(struct conn *c, const char *reason)
@@ -148,6 +231,7 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 	if (c->dropped)
 		return;
 	c->dropped = true;
+	hs_leave(c);
 	struct tunnel_stats *st = c->tun->stats;
 	if (c->pool) {
 		/* Not a client's connection (yet): the pool logs and counts it. */
@@ -299,6 +383,7 @@ void conn_handshake_step(struct conn *c)
 		handshake_failed(c, handshake_reason(c, rc));
 		return;
 	}
+	hs_leave(c);	/* the ~37 KB it holds are now a connection's */
 	bool resumed = tls_resumed(&c->peer);	/* before the check fills it */
 	/* Judged against the tunnel's settings now, not those of accept. */
 	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->ssl,
@@ -354,6 +439,7 @@ static void tls_begin(struct conn *c)
 {
 	c->phase = PH_HANDSHAKE;
 	c->hs_started = uv_hrtime();
+	hs_enter(c);
 	conn_phase_timer(c, conn_cfg(c)->handshake_timeout_ms);
 	mbedtls_ssl_init(&c->ssl);
 	c->ssl_init = true;

@@ -88,6 +88,9 @@ struct conn {
 	uint64_t plain_in, plain_out;
 	uint64_t started, last_active;	/* uv_now, ms */
 	uint64_t hs_started;		/* uv_hrtime, ns */
+	/* Server: counted in stats->handshaking, linked in tun's hs list. */
+	bool hs_counted;
+	struct conn *hs_prev, *hs_next;
 
 	/* The pool (pool.c). */
 	bool pool;			/* a client's pool conn, not yet handed off */

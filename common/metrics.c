@@ -10,7 +10,7 @@ static const char *const reasons[METRICS_REASONS] = {
 	"handshake_timeout", "handshake_eof", "handshake_failed",
 	"connect_failed", "connect_timeout", "resolve_failed", "idle_timeout",
 	"drain", "nomem", "accept_failed", "renegotiation", "bad_preamble",
-	"pool_closed", "no_application_protocol", "other",
+	"pool_closed", "no_application_protocol", "handshake_shed", "other",
 };
 
 static const double hs_bounds[METRICS_HS_BUCKETS] = {
@@ -167,6 +167,12 @@ void metrics_render(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
 	    "Dials of the next hop that failed or timed out.",
 	    FIELD(connect_failures));
 	histogram(b, t, n);
+	per_tunnel(b, t, n, "upseal_handshakes_in_progress", "gauge", "Server: "
+	    "connections accepted whose handshake has not finished (limited "
+	    "by max_handshakes).", FIELD(handshaking));
+	per_tunnel(b, t, n, "upseal_handshakes_shed_total", "counter", "Server: "
+	    "unfinished handshakes dropped at max_handshakes to let a new "
+	    "connection in.", FIELD(hs_shed));
 
 	per_tunnel(b, t, n, "upseal_pool_ready", "gauge", "Client: pooled "
 	    "connections handshaken and waiting for a client.",

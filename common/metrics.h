@@ -13,7 +13,7 @@
 #include "sbuf.h"
 
 /* Reasons a connection ends, as in the conn_end log line. */
-#define METRICS_REASONS 28
+#define METRICS_REASONS 29
 /* Handshake duration histogram: upper bounds in seconds, then +Inf. */
 #define METRICS_HS_BUCKETS 10
 
@@ -29,6 +29,9 @@ struct tunnel_stats {
 	_Atomic unsigned open;	/* connections open under these counters */
 	/* Workers holding back an accept at max_connections (bit per worker). */
 	_Atomic uint64_t held;
+	/* Server: connections accepted and not yet handshaken (max_handshakes). */
+	stat_counter handshaking;
+	stat_counter hs_shed;	/* of those, dropped for a newer one */
 	stat_counter accepted;
 	stat_counter closed[METRICS_REASONS];	/* by reason index */
 	stat_counter hs_failed[METRICS_REASONS];	/* by reason index */

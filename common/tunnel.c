@@ -45,6 +45,89 @@ static bool take_slot(struct tunnel *t)
 	return false;
 }
 
+/*
+ * max_handshakes (server). A connection costs about 37 KB of mbedTLS
+ * buffers from tls_begin on, before its peer has sent a byte, and a
+ * silent socket keeps them until handshake_timeout. Counting such sockets
+ * only against max_connections let a flood of them fill the cap: accepting
+ * paused, and a pinned peer queued in the kernel's backlog behind the
+ * flood. Pausing at a smaller cap would not help it either, so at
+ * max_handshakes the daemon keeps accepting and drops the oldest
+ * unfinished handshake instead (haproxy/nginx-style early drop, oldest
+ * rather than sshd's random pick, because a silent socket ages while a
+ * real peer is done in a few ms): a flood then costs each silent socket
+ * its place, not the service. conn_shed_oldest says which one may go.
+ *
+ * The count is one atomic over every worker; a worker can only drop its
+ * own connections. A worker over the budget with no handshake of its own
+ * accepts anyway (the total may exceed max_handshakes by at most the
+ * number of workers - 1, as it may when workers accept at once), so a peer
+ * that lands on an idle worker is never locked out by another's flood. A
+ * worker whose own handshakes may not be shed yet (all accepted this loop
+ * turn, or all still talking and younger than CONN_SHED_AGE_MS) holds the
+ * accept like max_connections does, woken when a handshake ends on any
+ * worker or by shed_timer when one becomes sheddable.
+ */
+#define HS_QUIET_MS 5000
+
+static void on_shed_timer(uv_timer_t *timer)
+{
+	tunnel_resume_accept(timer->data);
+}
+
+static bool handshake_room(struct tunnel *t)
+{
+	unsigned max = tunnel_cfg(t)->max_handshakes;
+	struct log_line l;
+	uint64_t retry_ms = 0;
+
+	if (t->role != CFG_SERVER)
+		return true;
+	uint64_t now = uv_now(t->loop);
+	if (atomic_load(&t->stats->handshaking) < max) {
+		/*
+		 * The burst is over once the budget was not found full for
+		 * HS_QUIET_MS: a place freed now and then in a flood (a pinned
+		 * peer done) does not end it, so it is told once, not per dip.
+		 */
+		if (t->hs_full && now - t->hs_full_at >= HS_QUIET_MS) {
+			t->hs_full = false;
+			log_begin(&l, LOG_INFO, "max_handshakes_end");
+			log_str(&l, "tunnel", tunnel_cfg(t)->name);
+			log_u64(&l, "worker", t->worker);
+			log_u64(&l, "shed", t->hs_shed);
+			log_end(&l);
+			t->hs_shed = 0;
+		}
+		return true;
+	}
+	t->hs_full_at = now;
+	if (!t->hs_full) {
+		t->hs_full = true;
+		log_begin(&l, LOG_WARN, "max_handshakes");
+		log_str(&l, "tunnel", tunnel_cfg(t)->name);
+		log_u64(&l, "worker", t->worker);
+		log_u64(&l, "limit", max);
+		log_str(&l, "msg", "unfinished handshakes at the limit: the "
+		    "oldest silent ones are dropped for new connections");
+		log_end(&l);
+	}
+	int rc = conn_shed_oldest(t, &retry_ms);
+	if (rc == 0)
+		t->hs_shed++;
+	if (rc >= 0)
+		return true;
+	if (!t->shed_timer_open) {
+		uv_timer_init(t->loop, &t->shed_timer);
+		t->shed_timer.data = t;
+		t->shed_timer_open = true;
+	}
+	uv_timer_start(&t->shed_timer, on_shed_timer, retry_ms, 0);
+	/* Held: a handshake ending on any worker wakes it (set, look again). */
+	atomic_fetch_or(&t->stats->held, (uint64_t)1 << t->worker);
+	return atomic_load(&t->stats->handshaking) < max;
+}
+
 /* Accept the pending connection into a slot taken for it. */
 static void accept_into_slot(struct tunnel *t)
 {
@@ -72,6 +155,10 @@ void tunnel_resume_accept(struct tunnel *t)
 		atomic_fetch_or(&t->stats->held, (uint64_t)1 << t->worker);
 		if (!take_slot(t))
 			return;
+	}
+	if (!handshake_room(t)) {
+		atomic_fetch_sub(&t->stats->open, 1);
+		return;
 	}
 	t->accept_held = false;
 	accept_into_slot(t);
@@ -111,6 +198,11 @@ static void on_connection(uv_stream_t *server, int status)
 		return;
 	if (!take_slot(t)) {
 		hold_accept(t);
+		return;
+	}
+	if (!handshake_room(t)) {
+		atomic_fetch_sub(&t->stats->open, 1);
+		t->accept_held = true;
 		return;
 	}
 	accept_into_slot(t);
@@ -546,7 +638,7 @@ static void check_empty(struct tunnel *t)
 {
 	if (t->stopping && t->live == 0 && t->pool.live == 0 &&
 	    !t->listener_open && !t->listener_closing && !t->pause_timer_open &&
-	    t->on_empty) {
+	    !t->shed_timer_open && t->on_empty) {
 		void (*cb)(struct tunnel *) = t->on_empty;
 		t->on_empty = NULL;
 		cb(t);
@@ -564,6 +656,13 @@ static void on_pause_timer_closed(uv_handle_t *h)
 {
 	struct tunnel *t = h->data;
 	t->pause_timer_open = false;
+	check_empty(t);
+}
+
+static void on_shed_timer_closed(uv_handle_t *h)
+{
+	struct tunnel *t = h->data;
+	t->shed_timer_open = false;
 	check_empty(t);
 }
 
@@ -590,6 +689,10 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 		uv_timer_stop(&t->pause_timer);
 		uv_close((uv_handle_t *)&t->pause_timer, on_pause_timer_closed);
 	}
+	if (t->shed_timer_open) {
+		uv_timer_stop(&t->shed_timer);
+		uv_close((uv_handle_t *)&t->shed_timer, on_shed_timer_closed);
+	}
 }
 
 void tunnel_drop_all(struct tunnel *t, const char *reason)
@@ -599,20 +702,33 @@ void tunnel_drop_all(struct tunnel *t, const char *reason)
 		conn_drop(c, reason);
 }
 
+/* Wake every worker holding back an accept; each retries on its own loop. */
+static void wake_held(struct tunnel_stats *st)
+{
+	uint64_t held = atomic_exchange(&st->held, 0);
+	for (unsigned w = 0; w < CFG_WORKERS_MAX; w++) {
+		if (!(held & ((uint64_t)1 << w)))
+			continue;
+		if (waker != NULL)
+			waker(w);
+	}
+}
+
+void tunnel_handshake_ended(struct tunnel *t)
+{
+	struct tunnel_stats *st = t->stats;
+	atomic_fetch_sub(&st->handshaking, 1);
+	if (atomic_load(&st->held) != 0)
+		wake_held(st);
+}
+
 void tunnel_conn_freed(struct tunnel *t)
 {
 	struct tunnel_stats *st = t->stats;
 	t->live--;
 	atomic_fetch_sub(&st->open, 1);
-	if (atomic_load(&st->held) != 0 && under_limit(t)) {
-		uint64_t held = atomic_exchange(&st->held, 0);
-		for (unsigned w = 0; w < CFG_WORKERS_MAX; w++) {
-			if (!(held & ((uint64_t)1 << w)))
-				continue;
-			if (waker != NULL)
-				waker(w);	/* it retries on its own loop */
-		}
-	}
+	if (atomic_load(&st->held) != 0 && under_limit(t))
+		wake_held(st);
 	check_empty(t);
 }
 

@@ -62,6 +62,17 @@ struct tunnel {
 	bool owns_path;			/* removes its unix socket file on stop */
 	unsigned live;			/* connections not yet freed */
 	struct conn *conns;		/* list of live connections */
+	/*
+	 * Server: this worker's connections still handshaking, oldest first
+	 * (conn.c keeps the list), the ones max_handshakes may shed.
+	 */
+	struct conn *hs_oldest, *hs_newest;
+	unsigned hs_live;
+	bool hs_full;			/* at max_handshakes: warned once */
+	uint64_t hs_full_at;		/* uv_now when last found full */
+	uint64_t hs_shed;		/* shed since hs_full was set */
+	uv_timer_t shed_timer;		/* retries an accept held for a handshake */
+	bool shed_timer_open;
 	char listen_text[ADDR_TEXT_MAX];	/* the bound address */
 	/* Called when stopping and the last connection is freed. */
 	void (*on_empty)(struct tunnel *t);
@@ -178,6 +189,13 @@ void tunnel_drop_all(struct tunnel *t, const char *reason);
 
 /* Free a stopped tunnel whose connections and listener are all closed. */
 void tunnel_free(struct tunnel *t);
+
+/*
+ * Called by conn.c when a server connection counted in
+ * stats->handshaking (and linked in t's hs list) left it: handshake done,
+ * failed or dropped. Wakes workers holding an accept for max_handshakes.
+ */
+void tunnel_handshake_ended(struct tunnel *t);
 
 /* Called by conn.c when a connection has been freed. */
 void tunnel_conn_freed(struct tunnel *t);

@@ -95,6 +95,9 @@ def _broken_cases(sid, cid):
                   3, ["log_format"]))
     cases.append(("bad-max", "server", edit(g, 14, "max_connections = many"),
                   14, ["max_connections"]))
+    cases.append(("handshakes-over-max", "server",
+                  g + ["max_handshakes = 101"], 15,
+                  ["max_handshakes", "max_connections (100)"]))
     cases.append(("long-line", "server",
                   edit(g, 7, "connect = 127.0.0.1:8080 ; " + "x" * 250), 7, []))
     nopin = g[:9] + g[10:]                       # [app] at 5, no pin, no ca

@@ -810,3 +810,50 @@ TEST(config_pool)
 	CLIENT_ERR("[upseal]\npool = 4\n" CLIENT_APP,
 	    "client.ini:2: [upseal] pool: unknown key");
 }
+
+TEST(config_max_handshakes)
+{
+	struct cfg *c = load_ok(CFG_SERVER, "server.ini", SERVER_APP);
+	if (c != NULL) {
+		/* Unset: 256, or max_connections if that is smaller. */
+		CHECK_INT(c->tunnels[0].max_handshakes, 256);
+		cfg_free(c);
+	}
+	c = load_ok(CFG_SERVER, "server.ini", SERVER_APP
+	    "max_connections = 100\n");
+	if (c != NULL) {
+		CHECK_INT(c->tunnels[0].max_handshakes, 100);
+		cfg_free(c);
+	}
+	/* Either order: checked when the section ends. */
+	c = load_ok(CFG_SERVER, "server.ini", SERVER_APP
+	    "max_handshakes = 8\nmax_connections = 8\n");
+	if (c != NULL) {
+		CHECK_INT(c->tunnels[0].max_handshakes, 8);
+		CHECK_INT(c->tunnels[0].max_connections, 8);
+		cfg_free(c);
+	}
+	c = load_ok(CFG_SERVER, "server.ini", SERVER_APP
+	    "max_handshakes = 5000\n");
+	if (c != NULL) {
+		CHECK_INT(c->tunnels[0].max_handshakes, 5000);
+		cfg_free(c);
+	}
+	SERVER_ERR(SERVER_APP "max_handshakes = 500\nmax_connections = 100\n",
+	    "server.ini:7: [app] max_handshakes: 500 is more than "
+	    "max_connections (100); expected a number from 1 to 100");
+	SERVER_ERR(SERVER_APP "max_handshakes = 10001\n",
+	    "server.ini:7: [app] max_handshakes: 10001 is more than "
+	    "max_connections (10000)");
+	SERVER_ERR(SERVER_APP "max_handshakes = 0\n",
+	    "server.ini:7: [app] max_handshakes: \"0\" is out of range; "
+	    "expected a number from 1 to max_connections");
+	SERVER_ERR(SERVER_APP "max_handshakes = lots\n",
+	    "server.ini:7: [app] max_handshakes: \"lots\" is not a number");
+	SERVER_ERR(SERVER_APP "max_handshakes = 8\nmax_handshakes = 9\n",
+	    "server.ini:8: [app] max_handshakes: duplicate key; first at "
+	    "line 7");
+	/* The client's TLS end is dialed, not accepted: nothing to budget. */
+	CLIENT_ERR(CLIENT_APP "max_handshakes = 8\n",
+	    "client.ini:7: [app] max_handshakes: only meaningful in server.ini");
+}
