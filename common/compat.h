@@ -197,6 +197,40 @@ static inline size_t compat_suites_for(int aead, int out[2])
 #define COMPAT_ERR_PROTOCOL_VERSION MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION
 #endif
 
+/*
+ * Handshake errors for which mbedTLS sends no alert itself. 2.28 has one
+ * code per message that did not parse (BAD_HS_*), 3.6 one for all
+ * (DECODE_ERROR) and one for a value the peer may not send
+ * (ILLEGAL_PARAMETER: on 2.28, the nearest is a bad ECDH public key).
+ */
+#if UPSEAL_MBEDTLS3
+#define COMPAT_ERR_ILLEGAL_PARAMETER MBEDTLS_ERR_SSL_ILLEGAL_PARAMETER
+static inline bool compat_err_is_decode(int rc)
+{
+	return rc == MBEDTLS_ERR_SSL_DECODE_ERROR;
+}
+#else
+#define COMPAT_ERR_ILLEGAL_PARAMETER MBEDTLS_ERR_SSL_BAD_HS_CLIENT_KEY_EXCHANGE_RP
+static inline bool compat_err_is_decode(int rc)
+{
+	switch (rc) {
+	case MBEDTLS_ERR_SSL_BAD_HS_CLIENT_HELLO:
+	case MBEDTLS_ERR_SSL_BAD_HS_SERVER_HELLO:
+	case MBEDTLS_ERR_SSL_BAD_HS_CERTIFICATE:
+	case MBEDTLS_ERR_SSL_BAD_HS_CERTIFICATE_REQUEST:
+	case MBEDTLS_ERR_SSL_BAD_HS_SERVER_KEY_EXCHANGE:
+	case MBEDTLS_ERR_SSL_BAD_HS_SERVER_HELLO_DONE:
+	case MBEDTLS_ERR_SSL_BAD_HS_CLIENT_KEY_EXCHANGE:
+	case MBEDTLS_ERR_SSL_BAD_HS_CERTIFICATE_VERIFY:
+	case MBEDTLS_ERR_SSL_BAD_HS_CHANGE_CIPHER_SPEC:
+	case MBEDTLS_ERR_SSL_BAD_HS_FINISHED:
+	case MBEDTLS_ERR_SSL_BAD_HS_NEW_SESSION_TICKET:
+		return true;
+	}
+	return false;
+}
+#endif
+
 /* True if the connection negotiated TLS 1.2 (always, on 2.28). */
 static inline int compat_is_tls12(const mbedtls_ssl_context *ssl)
 {

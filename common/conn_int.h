@@ -94,6 +94,7 @@ struct conn {
 	struct conn *ready_prev, *ready_next;	/* in tun->pool.ready_list */
 	uint64_t pooled_at;		/* uv_now: ready (client), waiting (server) */
 	unsigned char alert_sent;	/* last plaintext fatal alert we sent */
+	bool alert_out;			/* an alert record went out (TLS 1.2) */
 
 	bool dropped;
 	char peer_text[ADDR_TEXT_MAX];

@@ -218,6 +218,9 @@ int relay_bio_send(void *arg, const unsigned char *buf, size_t len)
 	if (len == 7 && buf[0] == MBEDTLS_SSL_MSG_ALERT &&
 	    buf[5] == MBEDTLS_SSL_ALERT_LEVEL_FATAL)
 		c->alert_sent = buf[6];
+	/* Encrypted too, a TLS 1.2 record still shows its type. */
+	if (len > 0 && buf[0] == MBEDTLS_SSL_MSG_ALERT)
+		c->alert_out = true;
 	if (c->tls_out != NULL && c->tls_out->cap - c->tls_out->len < len) {
 		relay_flush_tls(c);
 		if (c->dropped)
