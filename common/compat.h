@@ -201,7 +201,9 @@ static inline size_t compat_suites_for(int aead, int out[2])
  * Handshake errors for which mbedTLS sends no alert itself. 2.28 has one
  * code per message that did not parse (BAD_HS_*), 3.6 one for all
  * (DECODE_ERROR) and one for a value the peer may not send
- * (ILLEGAL_PARAMETER: on 2.28, the nearest is a bad ECDH public key).
+ * (ILLEGAL_PARAMETER; on 2.28, the same number, INVALID_VERIFY_HASH, is
+ * what compat_ssl_handshake returns for a CertificateVerify hash that
+ * was not offered).
  */
 #if UPSEAL_MBEDTLS3
 #define COMPAT_ERR_ILLEGAL_PARAMETER MBEDTLS_ERR_SSL_ILLEGAL_PARAMETER
@@ -210,7 +212,7 @@ static inline bool compat_err_is_decode(int rc)
 	return rc == MBEDTLS_ERR_SSL_DECODE_ERROR;
 }
 #else
-#define COMPAT_ERR_ILLEGAL_PARAMETER MBEDTLS_ERR_SSL_BAD_HS_CLIENT_KEY_EXCHANGE_RP
+#define COMPAT_ERR_ILLEGAL_PARAMETER MBEDTLS_ERR_SSL_INVALID_VERIFY_HASH
 static inline bool compat_err_is_decode(int rc)
 {
 	switch (rc) {
@@ -230,6 +232,40 @@ static inline bool compat_err_is_decode(int rc)
 	return false;
 }
 #endif
+
+/*
+ * mbedtls_ssl_handshake, refusing a TLS 1.2 CertificateVerify signed with
+ * a hash the server's CertificateRequest did not offer (RFC 5246 7.4.8:
+ * it offers SHA-256 and SHA-384). 3.6 refuses the others itself
+ * (ILLEGAL_PARAMETER). 2.28 built with TLS 1.0/1.1 (Debian's is) accepts
+ * a SHA-1 one, and no setting changes that: mbedtls_ssl_conf_sig_hashes
+ * only fills the CertificateRequest, ssl_parse_certificate_verify does
+ * not consult it. So on 2.28 the handshake is run a step at a time and
+ * the CertificateVerify just parsed (still in in_msg: type, 24-bit
+ * length, then the hash id) is judged; a SHA-1 (or MD5) one fails with
+ * INVALID_VERIFY_HASH, the code 3.6 calls ILLEGAL_PARAMETER.
+ */
+static inline int compat_ssl_handshake(mbedtls_ssl_context *ssl)
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_ssl_handshake(ssl);
+#else
+	while (ssl->state != MBEDTLS_SSL_HANDSHAKE_OVER) {
+		bool cv = ssl->state == MBEDTLS_SSL_CERTIFICATE_VERIFY &&
+		    ssl->conf->endpoint == MBEDTLS_SSL_IS_SERVER;
+		int rc = mbedtls_ssl_handshake_step(ssl);
+		if (rc != 0)
+			return rc;
+		if (cv && ssl->state != MBEDTLS_SSL_CERTIFICATE_VERIFY &&
+		    ssl->in_hslen > 4 &&
+		    ssl->in_msg[0] == MBEDTLS_SSL_HS_CERTIFICATE_VERIFY &&
+		    ssl->in_msg[4] != MBEDTLS_SSL_HASH_SHA256 &&
+		    ssl->in_msg[4] != MBEDTLS_SSL_HASH_SHA384)
+			return MBEDTLS_ERR_SSL_INVALID_VERIFY_HASH;
+	}
+	return 0;
+#endif
+}
 
 /* True if the connection negotiated TLS 1.2 (always, on 2.28). */
 static inline int compat_is_tls12(const mbedtls_ssl_context *ssl)

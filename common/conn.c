@@ -344,7 +344,7 @@ static void dial_start(struct conn *c);
 
 void conn_handshake_step(struct conn *c)
 {
-	int rc = mbedtls_ssl_handshake(&c->ssl);
+	int rc = compat_ssl_handshake(&c->ssl);
 	relay_flush_tls(c);
 	if (c->dropped || rc == MBEDTLS_ERR_SSL_WANT_READ ||
 	    rc == MBEDTLS_ERR_SSL_WANT_WRITE)

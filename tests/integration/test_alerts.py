@@ -106,3 +106,38 @@ def test_resumed_unpinned_gets_access_denied(h):
              "access_denied); s_client said:\n" + text[-1500:])
     srvs[1].wait_event("conn_end", reason="pin_mismatch")
     check_eq(be.accepted, 1, "backend connections (the first server's)")
+
+
+def _sha1_tool(h):
+    exe = h.path("sha1_cv")
+    r = h.run(["cc", "-O1", "-o", exe,
+               os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "helpers", "sha1_cv.c"),
+               "-lmbedtls", "-lmbedx509", "-lmbedcrypto"], timeout=60)
+    check(r.returncode == 0, "building helpers/sha1_cv.c failed:\n%s%s"
+          % (r.out, r.err))
+    return exe
+
+
+@timeout(60)
+def test_sha1_certificate_verify_refused(h):
+    """The pinned client, with its own key, signs CertificateVerify with
+    SHA-1, which the CertificateRequest did not offer (RFC 5246 7.4.8):
+    refused in the handshake with illegal_parameter. Control: the same
+    tool signing with SHA-256 is served."""
+    be = h.echo_backend()
+    cli, srv, ids = h.pair(be.addr)
+    exe = _sha1_tool(h)
+    host, port = srv.addr("app").rsplit(":", 1)
+    c = ids["client"]
+    r = h.run([exe, host, port, c.crt, c.key, "sha256"],
+              timeout=scaled(20, 60))
+    check(r.returncode == 0 and "echo ok" in r.out,
+          "control (SHA-256): exit %d %r" % (r.returncode, r.out))
+    r = h.run([exe, host, port, c.crt, c.key, "sha1"], timeout=scaled(20, 60))
+    check(r.returncode == 1 and "alert 47" in r.out,
+          "SHA-1 CertificateVerify: exit %d, output %r; want refused with "
+          "the alert 47 (illegal_parameter)" % (r.returncode, r.out))
+    end = srv.wait_event("handshake_failed")
+    check_eq(end.get("presented_pin"), c.pin, "the refused client's pin")
+    check_eq(be.accepted, 1, "backend connections (the control's)")
