@@ -222,6 +222,76 @@ static inline size_t compat_suites_for(int aead, int out[2])
 #define COMPAT_ERR_PROTOCOL_VERSION MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION
 #endif
 
+/*
+ * Handshake errors for which mbedTLS sends no alert itself. 2.28 has one
+ * code per message that did not parse (BAD_HS_*), 3.6 one for all
+ * (DECODE_ERROR) and one for a value the peer may not send
+ * (ILLEGAL_PARAMETER; on 2.28, the same number, INVALID_VERIFY_HASH, is
+ * what compat_ssl_handshake returns for a CertificateVerify hash that
+ * was not offered).
+ */
+#if UPSEAL_MBEDTLS3
+#define COMPAT_ERR_ILLEGAL_PARAMETER MBEDTLS_ERR_SSL_ILLEGAL_PARAMETER
+static inline bool compat_err_is_decode(int rc)
+{
+	return rc == MBEDTLS_ERR_SSL_DECODE_ERROR;
+}
+#else
+#define COMPAT_ERR_ILLEGAL_PARAMETER MBEDTLS_ERR_SSL_INVALID_VERIFY_HASH
+static inline bool compat_err_is_decode(int rc)
+{
+	switch (rc) {
+	case MBEDTLS_ERR_SSL_BAD_HS_CLIENT_HELLO:
+	case MBEDTLS_ERR_SSL_BAD_HS_SERVER_HELLO:
+	case MBEDTLS_ERR_SSL_BAD_HS_CERTIFICATE:
+	case MBEDTLS_ERR_SSL_BAD_HS_CERTIFICATE_REQUEST:
+	case MBEDTLS_ERR_SSL_BAD_HS_SERVER_KEY_EXCHANGE:
+	case MBEDTLS_ERR_SSL_BAD_HS_SERVER_HELLO_DONE:
+	case MBEDTLS_ERR_SSL_BAD_HS_CLIENT_KEY_EXCHANGE:
+	case MBEDTLS_ERR_SSL_BAD_HS_CERTIFICATE_VERIFY:
+	case MBEDTLS_ERR_SSL_BAD_HS_CHANGE_CIPHER_SPEC:
+	case MBEDTLS_ERR_SSL_BAD_HS_FINISHED:
+	case MBEDTLS_ERR_SSL_BAD_HS_NEW_SESSION_TICKET:
+		return true;
+	}
+	return false;
+}
+#endif
+
+/*
+ * mbedtls_ssl_handshake, refusing a TLS 1.2 CertificateVerify signed with
+ * a hash the server's CertificateRequest did not offer (RFC 5246 7.4.8:
+ * it offers SHA-256 and SHA-384). 3.6 refuses the others itself
+ * (ILLEGAL_PARAMETER). 2.28 built with TLS 1.0/1.1 (Debian's is) accepts
+ * a SHA-1 one, and no setting changes that: mbedtls_ssl_conf_sig_hashes
+ * only fills the CertificateRequest, ssl_parse_certificate_verify does
+ * not consult it. So on 2.28 the handshake is run a step at a time and
+ * the CertificateVerify just parsed (still in in_msg: type, 24-bit
+ * length, then the hash id) is judged; a SHA-1 (or MD5) one fails with
+ * INVALID_VERIFY_HASH, the code 3.6 calls ILLEGAL_PARAMETER.
+ */
+static inline int compat_ssl_handshake(mbedtls_ssl_context *ssl)
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_ssl_handshake(ssl);
+#else
+	while (ssl->state != MBEDTLS_SSL_HANDSHAKE_OVER) {
+		bool cv = ssl->state == MBEDTLS_SSL_CERTIFICATE_VERIFY &&
+		    ssl->conf->endpoint == MBEDTLS_SSL_IS_SERVER;
+		int rc = mbedtls_ssl_handshake_step(ssl);
+		if (rc != 0)
+			return rc;
+		if (cv && ssl->state != MBEDTLS_SSL_CERTIFICATE_VERIFY &&
+		    ssl->in_hslen > 4 &&
+		    ssl->in_msg[0] == MBEDTLS_SSL_HS_CERTIFICATE_VERIFY &&
+		    ssl->in_msg[4] != MBEDTLS_SSL_HASH_SHA256 &&
+		    ssl->in_msg[4] != MBEDTLS_SSL_HASH_SHA384)
+			return MBEDTLS_ERR_SSL_INVALID_VERIFY_HASH;
+	}
+	return 0;
+#endif
+}
+
 /* True if the connection negotiated TLS 1.2 (always, on 2.28). */
 static inline int compat_is_tls12(const mbedtls_ssl_context *ssl)
 {

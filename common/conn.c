@@ -349,6 +349,60 @@ static const char *handshake_reason(struct conn *c, int rc)
 	}
 }
 
+/*
+ * The fatal alert that tells a peer we refuse why, for the refusals
+ * mbedTLS makes without sending one (it returns the error and leaves the
+ * peer with a bare close), and for our own after the handshake. rc: the
+ * handshake's error, or 0 when the peer check (v) refused a completed
+ * handshake. 0: send nothing (the peer left, or already told us why).
+ */
+static unsigned char refusal_alert(int rc, enum tls_verdict v)
+{
+	switch (rc) {
+	case 0:
+		/*
+		 * RFC 5246 7.4.6: a server that requires a client certificate
+		 * and gets none answers handshake_failure. A certificate that
+		 * was presented (and, resumed, is not re-verified) but whose
+		 * key the pins or the CA now refuse is 7.2.2's access_denied:
+		 * "a valid certificate was received, but when access control
+		 * was applied, the sender decided not to proceed".
+		 */
+		return v == TLS_PEER_NO_CERT ?
+		    MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE :
+		    MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED;
+	case MBEDTLS_ERR_SSL_CONN_EOF:
+	case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE:
+		return 0;
+	case MBEDTLS_ERR_SSL_UNEXPECTED_MESSAGE:
+		return MBEDTLS_SSL_ALERT_MSG_UNEXPECTED_MESSAGE;
+	/* A CertificateVerify whose signature does not verify (7.2.2). */
+	case MBEDTLS_ERR_ECP_VERIFY_FAILED:
+	case MBEDTLS_ERR_PK_SIG_LEN_MISMATCH:
+		return MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR;
+	case COMPAT_ERR_ILLEGAL_PARAMETER:
+		return MBEDTLS_SSL_ALERT_MSG_ILLEGAL_PARAMETER;
+	case MBEDTLS_ERR_SSL_ALLOC_FAILED:
+	case MBEDTLS_ERR_SSL_INTERNAL_ERROR:
+		return MBEDTLS_SSL_ALERT_MSG_INTERNAL_ERROR;
+	}
+	/* An ECDSA signature whose DER does not parse: still decrypt_error. */
+	if ((-rc & 0xff80) == -MBEDTLS_ERR_ECP_BAD_INPUT_DATA && (-rc & 0x7f))
+		return MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR;
+	/* A handshake message that does not parse. */
+	if (compat_err_is_decode(rc))
+		return MBEDTLS_SSL_ALERT_MSG_DECODE_ERROR;
+	return MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE;
+}
+
+/* Send refusal_alert's alert unless mbedTLS sent one in this handshake. */
+static void refuse(struct conn *c, int rc)
+{
+	unsigned char desc = refusal_alert(rc, c->peer.verdict);
+	if (desc != 0 && !c->alert_out)
+		relay_send_alert(c, desc);
+}
+
 static void handshake_failed(struct conn *c, const char *reason)
 {
 	struct log_line l;
@@ -374,13 +428,15 @@ static void dial_start(struct conn *c);
 
 void conn_handshake_step(struct conn *c)
 {
-	int rc = mbedtls_ssl_handshake(&c->ssl);
+	int rc = compat_ssl_handshake(&c->ssl);
 	relay_flush_tls(c);
 	if (c->dropped || rc == MBEDTLS_ERR_SSL_WANT_READ ||
 	    rc == MBEDTLS_ERR_SSL_WANT_WRITE)
 		return;
 	if (rc != 0) {
-		handshake_failed(c, handshake_reason(c, rc));
+		const char *why = handshake_reason(c, rc);
+		refuse(c, rc);
+		handshake_failed(c, why);
 		return;
 	}
 	hs_leave(c);	/* the ~37 KB it holds are now a connection's */
@@ -389,6 +445,7 @@ void conn_handshake_step(struct conn *c)
 	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->ssl,
 	    &c->peer);
 	if (v != TLS_PEER_OK) {
+		refuse(c, 0);
 		handshake_failed(c, tls_verdict_reason(v));
 		return;
 	}

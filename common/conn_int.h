@@ -97,6 +97,7 @@ struct conn {
 	struct conn *ready_prev, *ready_next;	/* in tun->pool.ready_list */
 	uint64_t pooled_at;		/* uv_now: ready (client), waiting (server) */
 	unsigned char alert_sent;	/* last plaintext fatal alert we sent */
+	bool alert_out;			/* an alert record went out (TLS 1.2) */
 
 	bool dropped;
 	char peer_text[ADDR_TEXT_MAX];
@@ -145,6 +146,15 @@ void relay_start(struct conn *c);
 void relay_tls_reading(struct conn *c);
 /* Hand the records mbedTLS produced to libuv as one write. */
 void relay_flush_tls(struct conn *c);
+/*
+ * Send a fatal alert (desc: MBEDTLS_SSL_ALERT_MSG_*) before c is ended:
+ * queued through mbedTLS and flushed at once. relay_flush_tls tries a
+ * direct write first, so with nothing queued on the TLS end (the usual
+ * case when refusing) the alert has left when conn_fail closes the
+ * handle; if the socket did not take it, the close drops it (the
+ * refusal itself stands). Safe on a dropped c (does nothing).
+ */
+void relay_send_alert(struct conn *c, unsigned char desc);
 /* The mbedTLS BIO (arg is the conn). */
 int relay_bio_send(void *arg, const unsigned char *buf, size_t len);
 int relay_bio_recv(void *arg, unsigned char *buf, size_t len);

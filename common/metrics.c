@@ -10,7 +10,8 @@ static const char *const reasons[METRICS_REASONS] = {
 	"handshake_timeout", "handshake_eof", "handshake_failed",
 	"connect_failed", "connect_timeout", "resolve_failed", "idle_timeout",
 	"drain", "nomem", "accept_failed", "renegotiation", "bad_preamble",
-	"pool_closed", "no_application_protocol", "handshake_shed", "other",
+	"pool_closed", "no_application_protocol", "handshake_shed",
+	"bad_record", "record_too_large", "other",
 };
 
 static const double hs_bounds[METRICS_HS_BUCKETS] = {

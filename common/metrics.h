@@ -13,7 +13,7 @@
 #include "sbuf.h"
 
 /* Reasons a connection ends, as in the conn_end log line. */
-#define METRICS_REASONS 29
+#define METRICS_REASONS 31
 /* Handshake duration histogram: upper bounds in seconds, then +Inf. */
 #define METRICS_HS_BUCKETS 10
 

@@ -196,6 +196,15 @@ void relay_flush_tls(struct conn *c)
 	}
 }
 
+void relay_send_alert(struct conn *c, unsigned char desc)
+{
+	if (c->dropped)
+		return;
+	(void)mbedtls_ssl_send_alert_message(&c->ssl,
+	    MBEDTLS_SSL_ALERT_LEVEL_FATAL, desc);
+	relay_flush_tls(c);
+}
+
 int relay_bio_send(void *arg, const unsigned char *buf, size_t len)
 {
 	struct conn *c = arg;
@@ -209,6 +218,9 @@ int relay_bio_send(void *arg, const unsigned char *buf, size_t len)
 	if (len == 7 && buf[0] == MBEDTLS_SSL_MSG_ALERT &&
 	    buf[5] == MBEDTLS_SSL_ALERT_LEVEL_FATAL)
 		c->alert_sent = buf[6];
+	/* Encrypted too, a TLS 1.2 record still shows its type. */
+	if (len > 0 && buf[0] == MBEDTLS_SSL_MSG_ALERT)
+		c->alert_out = true;
 	if (c->tls_out != NULL && c->tls_out->cap - c->tls_out->len < len) {
 		relay_flush_tls(c);
 		if (c->dropped)
@@ -399,6 +411,27 @@ static void tls_drain(struct conn *c)
 			relay_wbuf_free(w);
 		if (c->dropped)
 			return;
+		if (rc == MBEDTLS_ERR_SSL_INVALID_MAC) {
+			/* mbedTLS queued the bad_record_mac alert: send it. */
+			relay_flush_tls(c);
+			conn_errorf(c, "a record failed its integrity check "
+			    "(tampered or corrupted)");
+			conn_fail(c, "bad_record", true);
+			return;
+		}
+		if (rc == MBEDTLS_ERR_SSL_BAD_INPUT_DATA) {
+			/*
+			 * The only way a read of ours gets this (2.28 and 3.6):
+			 * a record header whose length does not fit mbedTLS's
+			 * input buffer, over what the protocol allows. mbedTLS
+			 * sends nothing; RFC 5246 6.2.3 says record_overflow.
+			 */
+			relay_send_alert(c, MBEDTLS_SSL_ALERT_MSG_RECORD_OVERFLOW);
+			conn_errorf(c, "record too large: the peer announced a "
+			    "record longer than TLS allows");
+			conn_fail(c, "record_too_large", true);
+			return;
+		}
 		if (c->tls_out != NULL && c->tls_out->len > 0 &&
 		    compat_is_tls12(&c->ssl)) {
 			/*

@@ -59,6 +59,18 @@ if ! ./tests/deps.sh; then
 	exit 1
 fi
 
+# The previous released version (tests/prev-version), for the upgrade
+# tests: test_upgrade.py runs it against this one in both roles.
+echo "=== tests/prev-build.sh build-prev"
+if ./tests/prev-build.sh build-prev; then
+	if [ -x build-prev/upseal-server ] && [ -x build-prev/upseal-client ]; then
+		export UPSEAL_PREV_BUILD=$PWD/build-prev
+	fi
+else
+	echo "=== prev-build failed: counted as 1 failure"
+	FAILED=$((FAILED + 1))
+fi
+
 echo "=== make -j$JOBS"
 if make -j"$JOBS"; then
 	suite build ""

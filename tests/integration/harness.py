@@ -701,8 +701,9 @@ class Harness:
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
-    def bin(self, name):
-        p = os.path.join(self.build, name)
+    def bin(self, name, build=None):
+        """A binary of the build under test, or of `build` (another dir)."""
+        p = os.path.join(build or self.build, name)
         check(os.access(p, os.X_OK), "binary %s not built" % p)
         return p
 
@@ -779,13 +780,14 @@ class Harness:
         return p
 
     # -- daemons
-    def start(self, binary, ini, name=None, wait_ready=True, args=()):
+    def start(self, binary, ini, name=None, wait_ready=True, args=(),
+              build=None):
         self._nprocs += 1
         name = name or "%s-%d" % (binary.replace("upseal-", ""), self._nprocs)
         # UPSEAL_WRAP: a launcher put before every daemon (tests/valgrind.sh
         # sets `valgrind ...`); it must exec the daemon in the same pid.
         wrap = shlex.split(os.environ.get("UPSEAL_WRAP", ""))
-        p = Proc(self, name, wrap + [self.bin(binary)] + list(args) +
+        p = Proc(self, name, wrap + [self.bin(binary, build)] + list(args) +
                  ["-c", ini], self.dir)
         self.procs.append(p)
         if wait_ready:
@@ -800,19 +802,20 @@ class Harness:
             out[sec] = t
         return out
 
-    def start_server(self, tunnels, upseal=None, name=None):
-        """tunnels: {name: {connect, cert, key, pin, ...}}; listen 127.0.0.1:0."""
+    def start_server(self, tunnels, upseal=None, name=None, build=None):
+        """tunnels: {name: {connect, cert, key, pin, ...}}; listen 127.0.0.1:0.
+        build: run another build dir's binary (e.g. the previous version)."""
         t = self._tunnels(tunnels, {"listen": "127.0.0.1:0",
                                     "handshake_timeout": "5s"})
         ini = self.write_ini(name or "server%d" % (len(self.procs) + 1), t, upseal)
-        return self.start("upseal-server", ini, name=name)
+        return self.start("upseal-server", ini, name=name, build=build)
 
-    def start_client(self, tunnels, upseal=None, name=None):
+    def start_client(self, tunnels, upseal=None, name=None, build=None):
         t = self._tunnels(tunnels, {"listen": "127.0.0.1:0",
                                     "connect_timeout": "3s",
                                     "handshake_timeout": "5s"})
         ini = self.write_ini(name or "client%d" % (len(self.procs) + 1), t, upseal)
-        return self.start("upseal-client", ini, name=name)
+        return self.start("upseal-client", ini, name=name, build=build)
 
     def pair(self, backend_addr, server_opts=None, client_opts=None,
              upseal=None, tunnel="app"):

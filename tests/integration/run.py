@@ -15,7 +15,9 @@ is neither passed nor failed. Exit status 1 if any test failed.
 
 Environment: UPSEAL_SAN=1 (sanitizer build: smaller sizes, longer limits;
 set automatically when the build dir name contains "asan"), UPSEAL_BIG_MIB
-(size of the big transfer), UPSEAL_KEEP=1 (keep a failed test's temp dir).
+(size of the big transfer), UPSEAL_KEEP=1 (keep a failed test's temp dir),
+UPSEAL_PREV_BUILD (the previous version's binaries, tests/prev-build.sh:
+test_upgrade.py skips without it).
 """
 
 import argparse

@@ -9,7 +9,8 @@
  *
  * Exit 0: the handshake completed, "ping\n" was written and echoed back
  * (prints "handshake ok" and "echo ok"). Exit 1: the handshake failed
- * (prints "handshake failed: -0xNNNN"). Exit 2: usage or set-up error.
+ * (prints "handshake failed: -0xNNNN", then "alert N" if the server sent
+ * the fatal alert N). Exit 2: usage or set-up error.
  * Never waits more than about 10 s.
  */
 #include <stdio.h>
@@ -72,6 +73,9 @@ int main(int argc, char **argv)
 		if (rc != MBEDTLS_ERR_SSL_WANT_READ &&
 		    rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
 			printf("handshake failed: -0x%04x\n", -rc);
+			/* 2.28: the record that held the alert is still there. */
+			if (rc == MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE)
+				printf("alert %u\n", (unsigned)ssl.in_msg[1]);
 			return 1;
 		}
 	}
