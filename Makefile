@@ -16,7 +16,7 @@ SANFLAGS =
 OPT      = -O2
 endif
 
-CPPFLAGS += -D_GNU_SOURCE -Icommon
+CPPFLAGS += -D_GNU_SOURCE
 CFLAGS   ?= $(OPT) -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral \
             -Wstrict-prototypes -Wmissing-prototypes -fstack-protector-strong -pthread $(SANFLAGS)
@@ -27,12 +27,35 @@ LDFLAGS  += -L$(MBEDTLS_PREFIX)/lib -Wl,-rpath,$(MBEDTLS_PREFIX)/lib
 endif
 LDLIBS   += -lmbedtls -lmbedx509 -lmbedcrypto -luv -linih
 
-COMMON_SRC := $(wildcard common/*.c)
-COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o)
+# ---- the layers of common/ (docs/ARCHITECTURE.md) -----------------------------
+# Each layer is a static archive and may include only its own headers and
+# those of the layers below it: a file is compiled with exactly those
+# folders on its include path, so an include that reaches up does not build.
+#   lib     text forms, logging, pins, randomness, config, counters, compat
+#   tls     mbedTLS configuration per tunnel, tickets, the pool's preamble
+#   proxy   the connection, its two directions, the pool, the listeners
+#   daemon  process life, workers, reload, the status endpoint, the audit
+LAYERS     := lib tls proxy daemon
+INC_lib    := -Icommon/lib
+INC_tls    := $(INC_lib) -Icommon/tls
+INC_proxy  := $(INC_tls) -Icommon/proxy
+INC_daemon := $(INC_proxy) -Icommon/daemon
+INC_ALL    := $(INC_daemon)
+
+$(foreach l,$(LAYERS),$(eval SRC_$(l) := $(wildcard common/$(l)/*.c)))
+$(foreach l,$(LAYERS),$(eval OBJ_$(l) := $(SRC_$(l):%.c=$(BUILD)/%.o)))
+$(foreach l,$(LAYERS),$(eval $(BUILD)/common/$(l)/%.o: LAYER_INC := $(INC_$(l))))
+COMMON_SRC := $(foreach l,$(LAYERS),$(SRC_$(l)))
+# Linked top layer first, so each archive finds what it uses further on.
+ARCHIVES   := $(foreach l,daemon proxy tls lib,$(BUILD)/common/$(l).a)
+
 CERTS_SRC  := $(wildcard certs/*.c)
 CERTS_OBJ  := $(CERTS_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC   := $(wildcard tests/unit/*.c)
 UNIT_OBJ   := $(UNIT_SRC:%.c=$(BUILD)/%.o)
+# The daemons and the tests see every layer; upseal-certs only lib.
+$(BUILD)/client/%.o $(BUILD)/server/%.o $(BUILD)/tests/%.o: LAYER_INC := $(INC_ALL)
+$(BUILD)/certs/%.o: LAYER_INC := $(INC_lib)
 
 BINS := $(BUILD)/upseal-client $(BUILD)/upseal-server $(BUILD)/upseal-certs
 
@@ -40,18 +63,25 @@ all: $(BINS) $(BUILD)/unit-tests
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+	$(CC) $(CPPFLAGS) $(LAYER_INC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
-$(BUILD)/upseal-client: $(BUILD)/client/main.o $(COMMON_OBJ)
+$(BUILD)/common/%.a:
+	@mkdir -p $(dir $@)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(foreach l,$(LAYERS),$(eval $(BUILD)/common/$(l).a: $(OBJ_$(l))))
+
+$(BUILD)/upseal-client: $(BUILD)/client/main.o $(ARCHIVES)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/upseal-server: $(BUILD)/server/main.o $(COMMON_OBJ)
+$(BUILD)/upseal-server: $(BUILD)/server/main.o $(ARCHIVES)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/upseal-certs: $(CERTS_OBJ) $(COMMON_OBJ)
+$(BUILD)/upseal-certs: $(CERTS_OBJ) $(BUILD)/common/lib.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/unit-tests: $(UNIT_OBJ) $(COMMON_OBJ)
+$(BUILD)/unit-tests: $(UNIT_OBJ) $(ARCHIVES)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 check:
@@ -83,11 +113,11 @@ FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
 $(FUZZ_BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
+	$(FUZZ_CC) $(CPPFLAGS) $(INC_ALL) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
 
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ \
+	$(FUZZ_CC) $(CPPFLAGS) $(INC_ALL) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ \
 	    $(LDFLAGS) $(LDLIBS)
 
 fuzz-build: $(FUZZ_BINS)

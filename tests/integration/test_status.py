@@ -11,11 +11,11 @@ from harness import check, check_eq, scaled, timeout, wait_closed
 from test_operate import healthz
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-STATUS_C = os.path.join(HERE, "..", "..", "common", "status.c")
+STATUS_C = os.path.join(HERE, "..", "..", "common", "daemon", "status.c")
 
 
 def _status_const(name):
-    """A #define of common/status.c, so the test follows the code."""
+    """A #define of common/daemon/status.c, so the test follows the code."""
     with open(STATUS_C) as f:
         m = re.search(r"^#define %s (\d+)\b" % name, f.read(), re.M)
     check(m, "no #define %s in %s" % (name, STATUS_C))
