@@ -9,7 +9,6 @@ import ssl
 
 from harness import check, check_eq, scaled, timeout
 from test_hostile import _forge_tool
-from test_resumption import _secret
 
 
 def _alert_number(text):
@@ -73,39 +72,6 @@ def test_forged_certificate_verify_gets_decrypt_error(h):
           "51 (decrypt_error)" % (r.returncode, r.out))
     srv.wait_event("handshake_failed")
     check_eq(be.accepted, 0, "backend connections")
-
-
-@timeout(60)
-def test_resumed_unpinned_gets_access_denied(h):
-    """Two servers share a ticket key; the second does not pin the
-    client. A session from the first, resumed on the second, skips the
-    certificate check inside the handshake; the check after it refuses
-    the client, with access_denied."""
-    be = h.counting_backend()
-    sid = h.identity("srv")
-    cid = h.identity("cli")
-    other = h.identity("other")
-    key = _secret(h, "tickets.key")
-    srvs = [h.start_server({"app": {
-        "connect": be.addr, "cert": sid.crt, "key": sid.key, "pin": pin,
-        "ticket_key_file": key}}, name="server%d" % i)
-        for i, pin in enumerate((cid.pin, other.pin))]
-    sess = h.path("sess.pem")
-    r = h.openssl(["s_client", "-connect", srvs[0].addr("app"), "-tls1_2",
-                   "-cert", cid.crt, "-key", cid.key, "-sess_out", sess],
-                  input=b"")
-    check(os.path.exists(sess) and "New," in r.out,
-          "first server: no session saved:\n" + (r.out + r.err)[-1500:])
-    r = h.openssl(["s_client", "-connect", srvs[1].addr("app"), "-tls1_2",
-                   "-cert", cid.crt, "-key", cid.key, "-sess_in", sess,
-                   "-ign_eof"], input=b"let me in\n")
-    text = r.out + r.err
-    check("Reused," in text, "second server: the session was not resumed, "
-          "so the case under test did not happen:\n" + text[-1500:])
-    check_eq(_alert_number(text), 49, "alert s_client received (49: "
-             "access_denied); s_client said:\n" + text[-1500:])
-    srvs[1].wait_event("conn_end", reason="pin_mismatch")
-    check_eq(be.accepted, 1, "backend connections (the first server's)")
 
 
 def _sha1_tool(h):
