@@ -56,6 +56,10 @@ ALL = ["upseal", "upseal+res", "upseal+pool", "upseal36", "stunnel", "stunnel+re
 # upseal36: the same sources built against mbedTLS 3.6 by tests/mbedtls36.sh
 # (two sidecars then speak TLS 1.3; no TLS 1.3 tickets, so no +res row).
 BUILD36 = os.environ.get("BENCH_BUILD36") or os.path.join(ROOT, "build-mbedtls36")
+# upseal-prev: the previous version (tests/prev-version), as tests/prev-build.sh
+# builds it, so old and new binaries are measured in one run. Not in ALL:
+# name it, e.g. BENCH_CONTENDERS=upseal,upseal-prev,upseal+res,upseal-prev+res.
+BUILD_PREV = os.environ.get("BENCH_BUILD_PREV") or os.path.join(ROOT, "build-prev")
 # Set in main(): whether this upseal build knows the `resumption` key (the
 # resumption work of issue 4). Without it, "upseal" is the only upseal row.
 UPSEAL_HAS_RESUMPTION = False
@@ -271,6 +275,13 @@ class Upseal36(Upseal):
         super().__init__(name, ids, tmp, os.path.join(build, "b36"))
 
 
+class UpsealPrev(Upseal):
+    """The previous version of upseal (a copy in the snapshot's prev/)."""
+
+    def __init__(self, name, ids, tmp, build):
+        super().__init__(name, ids, tmp, os.path.join(build, "prev"))
+
+
 class Stunnel(Contender):
     def start(self, be_port):
         i = self.ids
@@ -362,7 +373,8 @@ class Nginx(Contender):
         return "127.0.0.1:%d" % cp
 
 
-KINDS = {"upseal": Upseal, "upseal36": Upseal36, "stunnel": Stunnel,
+KINDS = {"upseal": Upseal, "upseal36": Upseal36, "upseal-prev": UpsealPrev,
+         "stunnel": Stunnel,
          "haproxy": Haproxy, "nginx": Nginx, "direct": Direct}
 
 
@@ -374,8 +386,9 @@ def available(name):
         return bool(shutil.which("haproxy"))
     if base == "nginx":
         return bool(shutil.which("nginx")) and os.path.exists(NGINX_STREAM_SO)
-    if base == "upseal36":
-        return all(os.access(os.path.join(BUILD36, b), os.X_OK)
+    if base in ("upseal36", "upseal-prev"):
+        d = BUILD36 if base == "upseal36" else BUILD_PREV
+        return all(os.access(os.path.join(d, b), os.X_OK)
                    for b in ("upseal-server", "upseal-client"))
     return True
 
@@ -690,10 +703,13 @@ def main():
         os.makedirs(os.path.join(snap, "bench"))
         for b in ("upseal-server", "upseal-client"):
             shutil.copy2(os.path.join(cfg.build, b), os.path.join(snap, b))
-        if "upseal36" in names:
-            os.makedirs(os.path.join(snap, "b36"))
+        for kind, src, sub in (("upseal36", BUILD36, "b36"),
+                               ("upseal-prev", BUILD_PREV, "prev")):
+            if not any(n.split("+")[0] == kind for n in names):
+                continue
+            os.makedirs(os.path.join(snap, sub))
             for b in ("upseal-server", "upseal-client"):
-                shutil.copy2(os.path.join(BUILD36, b), os.path.join(snap, "b36", b))
+                shutil.copy2(os.path.join(src, b), os.path.join(snap, sub, b))
         for b in ("load", "backend", "aead"):
             shutil.copy2(os.path.join(cfg.bench_bin, b), os.path.join(snap, "bench", b))
         cfg.build = snap
