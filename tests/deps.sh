@@ -6,7 +6,8 @@ PKGS=(build-essential pkg-config libmbedtls-dev libuv1-dev libinih-dev
       openssl python3 ca-certificates procps iproute2 make
       nginx haproxy curl man-db groff-base python3-yaml
       stunnel4 libnginx-mod-stream
-      testssl.sh sslscan nftables valgrind clang libclang-rt-14-dev)
+      testssl.sh sslscan nftables valgrind clang libclang-rt-14-dev
+      graphviz)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -7,6 +7,7 @@
 #ifndef UPSEAL_FUZZ_IDS_H
 #define UPSEAL_FUZZ_IDS_H
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -27,10 +28,12 @@ static inline void fuzz_die(const char *target, const char *what,
 	abort();
 }
 
+/* Mode 0600: upseal refuses a private key that others may read. */
 static inline void fuzz_write_file(const char *path,
     const unsigned char *buf, size_t len)
 {
-	FILE *f = fopen(path, "wb");
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "wb");
 	if (f == NULL || fwrite(buf, 1, len, f) != len || fclose(f) != 0)
 		fuzz_die("fuzz", "write", path);
 }
