@@ -13,13 +13,6 @@
 #include "log.h"
 #include "pool.h"
 
-static void (*waker)(unsigned worker);
-
-void tunnel_set_waker(void (*wake)(unsigned worker))
-{
-	waker = wake;
-}
-
 static bool under_limit(const struct tunnel *t)
 {
 	return atomic_load(&t->stats->open) < tunnel_cfg(t)->max_connections;
@@ -361,7 +354,8 @@ static void pause_listener(struct tunnel *t, int status)
 
 int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
     enum cfg_role role, struct tunnel_stats *stats, struct listen_fds *l,
-    struct tunnel **out, char *err, size_t errlen)
+    const struct tunnel_waker *waker, struct tunnel **out, char *err,
+    size_t errlen)
 {
 	const struct cfg_tunnel *cfg = conf->cfg;
 	int fd = l->fd[worker];
@@ -378,6 +372,7 @@ int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
 	t->conf = tunnel_conf_hold(conf);
 	t->stats = tunnel_stats_hold(stats);
 	t->role = role;
+	t->waker = waker;
 	t->owns_path = worker == 0;
 	t->spare_fd = -1;
 	snprintf(t->listen_text, sizeof t->listen_text, "%s", l->text);
@@ -512,14 +507,14 @@ void tunnel_drop_all(struct tunnel *t, const char *reason)
 }
 
 /* Wake every worker holding back an accept; each retries on its own loop. */
-static void wake_held(struct tunnel_stats *st)
+static void wake_held(const struct tunnel *t, struct tunnel_stats *st)
 {
 	uint64_t held = atomic_exchange(&st->held, 0);
 	for (unsigned w = 0; w < CFG_WORKERS_MAX; w++) {
 		if (!(held & ((uint64_t)1 << w)))
 			continue;
-		if (waker != NULL)
-			waker(w);
+		if (t->waker != NULL)
+			t->waker->wake(t->waker->arg, w);
 	}
 }
 
@@ -528,7 +523,7 @@ void tunnel_handshake_ended(struct tunnel *t)
 	struct tunnel_stats *st = t->stats;
 	atomic_fetch_sub(&st->handshaking, 1);
 	if (atomic_load(&st->held) != 0)
-		wake_held(st);
+		wake_held(t, st);
 }
 
 void tunnel_conn_freed(struct tunnel *t)
@@ -537,7 +532,7 @@ void tunnel_conn_freed(struct tunnel *t)
 	t->live--;
 	atomic_fetch_sub(&st->open, 1);
 	if (atomic_load(&st->held) != 0 && under_limit(t))
-		wake_held(st);
+		wake_held(t, st);
 	check_empty(t);
 }
 
@@ -555,4 +550,46 @@ void tunnel_free(struct tunnel *t)
 	tunnel_conf_release(t->conf);
 	tunnel_stats_release(t->stats);
 	free(t);
+}
+
+/* ---- accessors, for the daemon layer ---- */
+
+uint64_t tunnel_id(const struct tunnel *t)
+{
+	return t->id;
+}
+
+void tunnel_set_id(struct tunnel *t, uint64_t id)
+{
+	t->id = id;
+}
+
+void *tunnel_data(const struct tunnel *t)
+{
+	return t->data;
+}
+
+void tunnel_set_data(struct tunnel *t, void *data)
+{
+	t->data = data;
+}
+
+const char *tunnel_listen_text(const struct tunnel *t)
+{
+	return t->listen_text;
+}
+
+struct tunnel_stats *tunnel_stats(const struct tunnel *t)
+{
+	return t->stats;
+}
+
+bool tunnel_is_listening(const struct tunnel *t)
+{
+	return t->listener_open && !t->stopping;
+}
+
+bool tunnel_listener_open(const struct tunnel *t)
+{
+	return t->listener_open;
 }
