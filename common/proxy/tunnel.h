@@ -12,10 +12,23 @@
 #include <uv.h>
 
 #include "config.h"
+#include "listeners.h"
 #include "metrics.h"
 #include "tls.h"
 
 struct conn;
+
+/*
+ * How a tunnel wakes another worker that held back an accept (at
+ * max_connections or max_handshakes) once a connection or a handshake
+ * ends on this one: wake(arg, worker) may be called from any worker's
+ * thread. Given to tunnel_start by the daemon, which keeps it alive
+ * until every tunnel is freed.
+ */
+struct tunnel_waker {
+	void (*wake)(void *arg, unsigned worker);
+	void *arg;
+};
 
 /* A libuv stream that is a TCP or a unix socket. */
 union stream {
@@ -77,6 +90,7 @@ struct tunnel {
 	/* Called when stopping and the last connection is freed. */
 	void (*on_empty)(struct tunnel *t);
 	void *data;			/* the daemon's */
+	const struct tunnel_waker *waker;	/* the daemon's, or NULL */
 	/*
 	 * Counters, shared by this tunnel's copies on every worker and with
 	 * the tunnel of the same name that a reload moved to another
@@ -100,40 +114,10 @@ struct tunnel {
 	} pool;
 };
 
-/*
- * The listening sockets of one tunnel section, one per worker, made on
- * the main thread before any worker is told about them. TCP sockets share
- * the address with SO_REUSEPORT (the kernel spreads connections over
- * them); a unix socket is one socket, duplicated.
- */
-struct listen_fds {
-	int fd[CFG_WORKERS_MAX];	/* -1 once taken by tunnel_start */
-	unsigned n;
-	char text[ADDR_TEXT_MAX];	/* the bound address */
-};
-
-/*
- * Bind and listen for section cfg of a role's file, n sockets. A host
- * name is resolved now; for the client (listen is its plaintext end) an
- * address that is not loopback is skipped unless allow_remote, and a name
- * with no loopback address is an error. On error returns -1, err says
- * what and where, and nothing is left open.
- */
-int listen_open(const struct cfg_tunnel *cfg, enum cfg_role role, unsigned n,
-    struct listen_fds *out, char *err, size_t errlen);
-/* Close the sockets not taken; a unix socket file is removed with them. */
-void listen_close(struct listen_fds *l, const struct cfg_tunnel *cfg);
-
 /* New counters with one reference. NULL: out of memory. */
 struct tunnel_stats *tunnel_stats_new(void);
 struct tunnel_stats *tunnel_stats_hold(struct tunnel_stats *s);
 void tunnel_stats_release(struct tunnel_stats *s);
-
-/*
- * How a tunnel wakes another worker that held back an accept at
- * max_connections once a connection ends on this one (set by the daemon).
- */
-void tunnel_set_waker(void (*wake)(unsigned worker));
 
 /* Accept a connection held back at max_connections if the limit allows. */
 void tunnel_resume_accept(struct tunnel *t);
@@ -153,12 +137,15 @@ void tunnel_conf_release(struct tunnel_conf *tc);
 /*
  * Create worker's copy of a tunnel with settings conf and counters stats
  * (it takes a reference to both) on loop, listening on l->fd[worker]
- * (taken: set to -1). On error returns -1 and writes what went wrong into
- * err; nothing is left open (the socket is closed on the next loop turn).
+ * (taken: set to -1). waker (may be NULL; not copied: it must outlive the
+ * tunnel) wakes the other workers when this one frees a place. On error
+ * returns -1 and writes what went wrong into err; nothing is left open
+ * (the socket is closed on the next loop turn).
  */
 int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
     enum cfg_role role, struct tunnel_stats *stats, struct listen_fds *l,
-    struct tunnel **out, char *err, size_t errlen);
+    const struct tunnel_waker *waker, struct tunnel **out, char *err,
+    size_t errlen);
 
 /* Say that the tunnel listens (and what allow_remote exposes). */
 void tunnel_log_start(const struct cfg_tunnel *cfg, enum cfg_role role,
@@ -202,5 +189,23 @@ void tunnel_conn_freed(struct tunnel *t);
 
 /* Called by conn.c when a pool connection (never handed off) was freed. */
 void tunnel_pool_conn_freed(struct tunnel *t);
+
+/*
+ * Accessors, so that the daemon layer needs no field of struct tunnel.
+ * The id is the same on every worker's copy (set by the daemon after
+ * tunnel_start); data is the daemon's own pointer; the listen text is the
+ * bound address; tunnel_stats returns the counters without a reference
+ * (tunnel_stats_hold one to keep them). tunnel_listener_open: the listener
+ * is open (not paused, not stopped); tunnel_is_listening: and accepting,
+ * not stopping.
+ */
+uint64_t tunnel_id(const struct tunnel *t);
+void tunnel_set_id(struct tunnel *t, uint64_t id);
+void *tunnel_data(const struct tunnel *t);
+void tunnel_set_data(struct tunnel *t, void *data);
+const char *tunnel_listen_text(const struct tunnel *t);
+struct tunnel_stats *tunnel_stats(const struct tunnel *t);
+bool tunnel_is_listening(const struct tunnel *t);
+bool tunnel_listener_open(const struct tunnel *t);
 
 #endif
