@@ -20,6 +20,7 @@ struct worker {
 	bool stopping;
 	uv_thread_t thread;
 	uv_sem_t ready;
+	struct plan *first;		/* the start plan, applied before ready */
 	int start_err;
 	struct mailbox mb;
 };
@@ -151,6 +152,12 @@ static void worker_thread(void *arg)
 	char name[16];	/* for top -H and /proc/PID/task/TID/comm */
 	snprintf(name, sizeof name, "worker-%u", w->idx);
 	pthread_setname_np(pthread_self(), name);
+	/*
+	 * The start plan is applied before the spawning thread goes on, so
+	 * that `ready` is logged once every worker listens (and holds every
+	 * descriptor it will keep), not while some are still setting up.
+	 */
+	worker_apply(w, w->first);
 	uv_sem_post(&w->ready);
 
 	uv_run(&w->own_loop, UV_RUN_DEFAULT);
@@ -221,13 +228,14 @@ int workers_spawn(struct workers *ws, struct plan *p, char *err,
 			return -1;
 		}
 		atomic_fetch_add(&ws->running, 1);
+		w->first = p;	/* held by the caller until we return */
 		int rc = uv_thread_create(&w->thread, worker_thread, w);
 		if (rc == 0)
 			uv_sem_wait(&w->ready);
 		uv_sem_destroy(&w->ready);
+		w->first = NULL;
 		if (rc == 0 && w->start_err == 0) {
 			ws->nstarted = i + 1;
-			mailbox_post(&w->mb, 0, p);
 			continue;
 		}
 		if (rc == 0)

@@ -27,8 +27,9 @@ int workers_new(uv_loop_t *loop, unsigned n, void (*on_idle)(void *arg),
     void *arg, struct workers **out, char *err, size_t errlen);
 
 /*
- * Start workers 1..n-1, each on its own thread and loop, and hand each
- * plan p (run worker 0's with workers_apply first). On error returns -1
+ * Start workers 1..n-1, each on its own thread and loop, each applying
+ * plan p (run worker 0's with workers_apply first) before this returns:
+ * then every worker listens. p stays the caller's. On error returns -1
  * with err set; those started still run (workers_stop ends them).
  */
 int workers_spawn(struct workers *ws, struct plan *p, char *err,
