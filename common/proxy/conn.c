@@ -142,7 +142,7 @@ int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms)
 	    victim->saw_tls_bytes ? "handshake unfinished after 1s" :
 	    "no byte received");
 	STAT_ADD(t->stats->hs_shed, 1);
-	conn_fail(victim, "handshake_shed", false);
+	conn_fail(victim, REASON_HANDSHAKE_SHED);
 	return 0;
 }
 
@@ -195,19 +195,16 @@ static void close_handle(uv_handle_t *h, bool *open)
 	uv_close(h, on_closed);
 }
 
-static bool reason_is_quiet(const char *reason)
-{
-	return strcmp(reason, "closed") == 0 || strcmp(reason, "drain") == 0 ||
-	    strcmp(reason, "idle_timeout") == 0 ||
-	    strcmp(reason, "pool_closed") == 0 ||
-	    strcmp(reason, "handshake_shed") == 0;	/* warned once a burst */
-}
-
-static void log_conn_end(struct conn *c, const char *reason)
+/*
+ * The one line a connection leaves. A refused peer's carries, besides the
+ * short peer_pin, the full presented_pin of the key it showed, so that an
+ * operator can add it on purpose.
+ */
+static void log_conn_end(struct conn *c, enum reason why, bool refused)
 {
 	struct log_line l;
 	char pin[PIN_TEXT_MAX] = "";
-	log_begin(&l, reason_is_quiet(reason) ? LOG_INFO : LOG_WARN, "conn_end");
+	log_begin(&l, reason_info(why)->level, "conn_end");
 	if (!l.on)
 		return;
 	if (c->peer.has_pin)
@@ -220,13 +217,17 @@ static void log_conn_end(struct conn *c, const char *reason)
 	log_u64(&l, "plain_in", c->plain_in);
 	log_u64(&l, "plain_out", c->plain_out);
 	log_u64(&l, "duration_ms", uv_now(conn_loop(c)) - c->started);
-	log_str(&l, "reason", reason);
+	log_str(&l, "reason", reason_name(why));
+	if (refused && c->peer.has_pin) {
+		pin_format(&c->peer.pin, pin);
+		log_str(&l, "presented_pin", pin);
+	}
 	if (c->error[0])
 		log_str(&l, "error", c->error);
 	log_end(&l);
 }
 
-void conn_fail(struct conn *c, const char *reason, bool reset_plain)
+static void end(struct conn *c, enum reason why, bool refused)
 {
 	if (c->dropped)
 		return;
@@ -235,14 +236,12 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 	struct tunnel_stats *st = c->tun->stats;
 	if (c->pool) {
 		/* Not a client's connection (yet): the pool logs and counts it. */
-		pool_ended(c, reason);
+		pool_ended(c, why);
 	} else {
-		log_conn_end(c, reason);
-		STAT_ADD(st->closed[metrics_reason(reason)], 1);
+		log_conn_end(c, why, refused);
+		STAT_ADD(st->closed[reason_metric(why)], 1);
 	}
-	if (c->phase == PH_DIAL && (strcmp(reason, "connect_failed") == 0 ||
-	    strcmp(reason, "connect_timeout") == 0 ||
-	    strcmp(reason, "resolve_failed") == 0))
+	if (c->phase == PH_DIAL && reason_info(why)->connect_failure)
 		STAT_ADD(st->connect_failures, 1);
 
 	if (c->resolving)
@@ -250,7 +249,7 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 	if (c->timer_open)
 		uv_timer_stop(&c->timer);
 	close_handle((uv_handle_t *)&c->timer, &c->timer_open);
-	if (c->plain_open && reset_plain &&
+	if (c->plain_open && reason_info(why)->reset_plain &&
 	    c->plain.h.type == UV_TCP) {
 		c->plain_open = false;
 		/* RST instead of FIN; refused while a shutdown is pending. */
@@ -261,9 +260,14 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 	close_handle(&c->tls.h, &c->tls_open);
 }
 
-void conn_drop(struct conn *c, const char *reason)
+void conn_fail(struct conn *c, enum reason why)
 {
-	conn_fail(c, reason, false);
+	end(c, why, false);
+}
+
+void conn_drop(struct conn *c, enum reason why)
+{
+	end(c, why, false);
 }
 
 struct conn *conn_next(struct conn *c)
@@ -280,15 +284,15 @@ static void on_timer(uv_timer_t *timer)
 
 	switch (c->phase) {
 	case PH_DIAL:
-		conn_fail(c, "connect_timeout", false);
+		conn_fail(c, REASON_CONNECT_TIMEOUT);
 		return;
 	case PH_HANDSHAKE:
-		conn_fail(c, "handshake_timeout", false);
+		conn_fail(c, REASON_HANDSHAKE_TIMEOUT);
 		return;
 	case PH_RELAY: {
 		uint64_t quiet = uv_now(conn_loop(c)) - c->last_active;
 		if (quiet >= idle)
-			conn_fail(c, "idle_timeout", false);
+			conn_fail(c, REASON_IDLE_TIMEOUT);
 		else
 			conn_phase_timer(c, idle - quiet);
 		return;
@@ -312,7 +316,7 @@ void conn_phase_timer(struct conn *c, uint64_t ms)
 
 /* ---- handshake ---- */
 
-static const char *handshake_reason(struct conn *c, int rc)
+static enum reason handshake_reason(struct conn *c, int rc)
 {
 	if (c->peer.verdict != TLS_PEER_OK)
 		return tls_verdict_reason(c->peer.verdict);
@@ -321,7 +325,7 @@ static const char *handshake_reason(struct conn *c, int rc)
 		conn_errorf(c, "the client offered ALPN protocols but not "
 		    PREAMBLE_ALPN "; connect without ALPN (openssl s_client "
 		    "without -alpn, curl --no-alpn) or through upseal-client");
-		return "no_application_protocol";
+		return REASON_NO_APPLICATION_PROTOCOL;
 	}
 	if (c->saw_tls_bytes && c->first_byte != 0x16 &&
 	    c->tun->role == CFG_SERVER) {
@@ -329,23 +333,23 @@ static const char *handshake_reason(struct conn *c, int rc)
 		    "the peer did not speak TLS (first byte 0x%02x%s)",
 		    c->first_byte, c->first_byte >= 'A' && c->first_byte <= 'Z' ?
 		    ", looks like plaintext" : "");
-		return "not_tls";
+		return REASON_NOT_TLS;
 	}
 	switch (rc) {
 	case MBEDTLS_ERR_SSL_CONN_EOF:
 		conn_errorf(c, "the peer closed the "
 		    "connection during the handshake");
-		return "handshake_eof";
+		return REASON_HANDSHAKE_EOF;
 	case COMPAT_ERR_PROTOCOL_VERSION:
 		conn_error_tls(c, "handshake", rc);
-		return "protocol_version";
+		return REASON_PROTOCOL_VERSION;
 	case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE:
 		conn_errorf(c, "the peer sent a fatal "
 		    "alert (it may not pin our key)");
-		return "peer_alert";
+		return REASON_PEER_ALERT;
 	default:
 		conn_error_tls(c, "handshake", rc);
-		return "handshake_failed";
+		return REASON_HANDSHAKE_FAILED;
 	}
 }
 
@@ -403,25 +407,11 @@ static void refuse(struct conn *c, int rc)
 		relay_send_alert(c, desc);
 }
 
-static void handshake_failed(struct conn *c, const char *reason)
+/* A refused peer or a failed handshake: one conn_end line, with the key. */
+static void handshake_failed(struct conn *c, enum reason why)
 {
-	struct log_line l;
-	char pin[PIN_TEXT_MAX];
-	STAT_ADD(c->tun->stats->hs_failed[metrics_reason(reason)], 1);
-	/* A pool conn's failure is told once per streak, by the pool. */
-	log_begin(&l, c->pool ? LOG_DEBUG : LOG_WARN, "handshake_failed");
-	log_str(&l, "tunnel", conn_cfg(c)->name);
-	log_u64(&l, "id", c->id);
-	log_str(&l, "peer", c->peer_text);
-	log_str(&l, "reason", reason);
-	if (c->peer.has_pin) {
-		pin_format(&c->peer.pin, pin);
-		log_str(&l, "presented_pin", pin);
-	}
-	if (c->error[0])
-		log_str(&l, "error", c->error);
-	log_end(&l);
-	conn_fail(c, reason, true);
+	STAT_ADD(c->tun->stats->hs_failed[reason_metric(why)], 1);
+	end(c, why, true);
 }
 
 static void dial_start(struct conn *c);
@@ -434,7 +424,7 @@ void conn_handshake_step(struct conn *c)
 	    rc == MBEDTLS_ERR_SSL_WANT_WRITE)
 		return;
 	if (rc != 0) {
-		const char *why = handshake_reason(c, rc);
+		enum reason why = handshake_reason(c, rc);
 		refuse(c, rc);
 		handshake_failed(c, why);
 		return;
@@ -489,7 +479,7 @@ void conn_settings_changed(struct conn *c)
 		return;
 	conn_errorf(c, "refused after a reload: the peer no longer passes "
 	    "the tunnel's pins or CA");
-	conn_fail(c, tls_verdict_reason(v), true);
+	conn_fail(c, tls_verdict_reason(v));
 }
 
 static void tls_begin(struct conn *c)
@@ -504,8 +494,8 @@ static void tls_begin(struct conn *c)
 	    &c->peer) : tls_session_setup(c->conf->tls, &c->ssl, &c->peer);
 	if (rc != 0) {
 		conn_error_tls(c, "TLS set-up", rc);
-		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? "nomem" :
-		    "tls_error", true);
+		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
+		    REASON_TLS_ERROR);
 		return;
 	}
 	mbedtls_ssl_set_bio(&c->ssl, c, relay_bio_send, relay_bio_recv, NULL);
@@ -556,7 +546,7 @@ static union stream *dial_handle(struct conn *c, bool unix_socket)
 	    uv_tcp_init(conn_loop(c), &s->tcp);
 	if (rc != 0) {
 		conn_error_uv(c, "socket", rc);
-		conn_fail(c, "connect_failed", true);
+		conn_fail(c, REASON_CONNECT_FAILED);
 		return NULL;
 	}
 	s->h.data = c;
@@ -607,14 +597,14 @@ static void dial_next(struct conn *c)
 	    backend_refused(c, c->ai_list->ai_addr, why, sizeof why)) {
 		/* None dialed: every address was refused; say so for the first. */
 		conn_errorf(c, "%s", why);
-		conn_fail(c, "connect_failed", true);
+		conn_fail(c, REASON_CONNECT_FAILED);
 		return;
 	}
 	char where[ADDR_TEXT_MAX];
 	addr_format(&conn_cfg(c)->connect, where, sizeof where);
 	conn_errorf(c, "connect %s: %s", where,
 	    c->dial_err ? log_uverr(c->dial_err) : "no address");
-	conn_fail(c, "connect_failed", true);
+	conn_fail(c, REASON_CONNECT_FAILED);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -634,7 +624,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		    conn_cfg(c)->connect.host, log_uverr(status));
 		if (res != NULL)
 			uv_freeaddrinfo(res);
-		conn_fail(c, "resolve_failed", true);
+		conn_fail(c, REASON_RESOLVE_FAILED);
 		return;
 	}
 	c->ai_list = res;
@@ -667,7 +657,7 @@ static void dial_start(struct conn *c)
 	if (rc != 0) {
 		conn_errorf(c, "resolve %s: %s", a->host,
 		    log_uverr(rc));
-		conn_fail(c, "resolve_failed", true);
+		conn_fail(c, REASON_RESOLVE_FAILED);
 		return;
 	}
 	c->resolving = true;
@@ -744,7 +734,7 @@ int conn_accept(struct tunnel *t)
 	    uv_pipe_init(t->loop, &s->pipe, 0);
 	if (rc != 0) {
 		conn_error_uv(c, "accept", rc);
-		conn_fail(c, "accept_failed", false);
+		conn_fail(c, REASON_ACCEPT_FAILED);
 		return 0;
 	}
 	s->h.data = c;
@@ -753,7 +743,7 @@ int conn_accept(struct tunnel *t)
 	rc = uv_accept(&t->listener.s, &s->s);
 	if (rc != 0) {
 		conn_error_uv(c, "accept", rc);
-		conn_fail(c, "accept_failed", false);
+		conn_fail(c, REASON_ACCEPT_FAILED);
 		return 0;
 	}
 	describe_peer(c, s);

@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 
+#include "reason.h"
 #include "tunnel.h"
 
 /*
@@ -23,12 +24,12 @@
 int conn_accept(struct tunnel *t);
 
 /*
- * End the connection for reason (a short snake_case word that becomes
- * the log's reason=). Safe to call more than once; only the first reason
+ * End the connection for why (reason.h: the word the log's reason= shows,
+ * the line's level, RST or FIN on the plaintext end). Safe to call more than once; only the first reason
  * counts. Stops timers, closes both ends, logs `conn_end`; the memory is
  * freed once the last close callback has run.
  */
-void conn_drop(struct conn *c, const char *reason);
+void conn_drop(struct conn *c, enum reason why);
 
 /*
  * The settings of c's tunnel changed (a reload; tunnel_reconfigure). A

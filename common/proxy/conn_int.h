@@ -116,8 +116,8 @@ static inline const struct cfg_tunnel *conn_cfg(struct conn *c)
 
 /* conn.c */
 
-/* End c for reason; reset_plain sends RST instead of FIN on the plaintext end. */
-void conn_fail(struct conn *c, const char *reason, bool reset_plain);
+/* End c for why (the same as conn_drop). */
+void conn_fail(struct conn *c, enum reason why);
 /* Record the detail the conn_end line carries as error=. */
 void conn_errorf(struct conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -182,6 +182,6 @@ void pool_tls_input(struct conn *c);
 /* The timer fired in PH_POOL_WAIT, PH_POOLED or PH_PREAMBLE. */
 void pool_timer(struct conn *c);
 /* Called by conn_fail for a pool conn instead of the conn_end line. */
-void pool_ended(struct conn *c, const char *reason);
+void pool_ended(struct conn *c, enum reason why);
 
 #endif

@@ -145,7 +145,7 @@ static void close_notify(struct conn *c)
 
 static bool streak_end(struct tunnel *t);
 
-void pool_flush(struct tunnel *t, const char *reason)
+void pool_flush(struct tunnel *t, enum reason why)
 {
 	if (t->stopping)
 		streak_end(t);	/* this worker is out of the tunnel's streak */
@@ -155,7 +155,7 @@ void pool_flush(struct tunnel *t, const char *reason)
 			continue;
 		if (c->phase == PH_POOLED)
 			close_notify(c);
-		conn_drop(c, reason);
+		conn_drop(c, why);
 	}
 }
 
@@ -193,13 +193,8 @@ static void log_pool_line(struct conn *c, enum log_level level,
 	log_end(&l);
 }
 
-static bool reason_is_ours(const char *reason)
-{
-	return strcmp(reason, "drain") == 0 || strcmp(reason, "pool_flush") == 0;
-}
-
 /* A pool conn failed before it was ready: back off, warn once a streak. */
-static void pool_failed(struct conn *c, const char *reason)
+static void pool_failed(struct conn *c, enum reason why)
 {
 	struct tunnel *t = c->tun;
 	struct tunnel_pool *p = &t->pool;
@@ -213,21 +208,22 @@ static void pool_failed(struct conn *c, const char *reason)
 		    p->backoff_ms * 2;
 		p->retry_at = now + p->backoff_ms;
 	}
-	log_pool_line(c, first ? LOG_WARN : LOG_DEBUG, "pool_failed", reason);
+	log_pool_line(c, first ? LOG_WARN : LOG_DEBUG, "pool_failed",
+	    reason_name(why));
 }
 
-void pool_ended(struct conn *c, const char *reason)
+void pool_ended(struct conn *c, enum reason why)
 {
 	if (c->phase == PH_POOLED) {
 		ready_unlink(c);
-		log_pool_line(c, LOG_DEBUG, "pool_conn_end", reason);
+		log_pool_line(c, LOG_DEBUG, "pool_conn_end", reason_name(why));
 		return;
 	}
-	if (reason_is_ours(reason)) {
-		log_pool_line(c, LOG_DEBUG, "pool_conn_end", reason);
+	if (reason_info(why)->pool_ours) {
+		log_pool_line(c, LOG_DEBUG, "pool_conn_end", reason_name(why));
 		return;
 	}
-	pool_failed(c, reason);
+	pool_failed(c, why);
 }
 
 void pool_handshaken(struct conn *c)
@@ -244,7 +240,7 @@ void pool_handshaken(struct conn *c)
 		    " (not an upseal-server, or one without the pool); pooled "
 		    "connections need it");
 		close_notify(c);
-		conn_fail(c, "pool_unsupported", false);
+		conn_fail(c, REASON_POOL_UNSUPPORTED);
 		return;
 	}
 	if (p->failures > 0) {
@@ -314,8 +310,8 @@ void pool_handoff(struct conn *c)
 	int rc = preamble_send(&c->ssl);
 	if (rc != 0) {
 		conn_error_tls(c, "TLS write (preamble)", rc);
-		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? "nomem" :
-		    "tls_error", true);
+		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
+		    REASON_TLS_ERROR);
 		return;
 	}
 	relay_flush_tls(c);
@@ -334,7 +330,7 @@ static bool renegotiating(struct conn *c)
 		return false;
 	relay_flush_tls(c);
 	conn_errorf(c, "the peer tried to renegotiate (refused)");
-	conn_fail(c, "renegotiation", true);
+	conn_fail(c, REASON_RENEGOTIATION);
 	return true;
 }
 
@@ -361,7 +357,7 @@ static void pooled_input(struct conn *c)
 		if (rc > 0) {
 			conn_errorf(c, "the server sent data before the "
 			    "pool preamble");
-			conn_fail(c, "tls_error", true);
+			conn_fail(c, REASON_TLS_ERROR);
 			return;
 		}
 		if (rc == MBEDTLS_ERR_SSL_WANT_READ) {
@@ -377,11 +373,11 @@ static void pooled_input(struct conn *c)
 #endif
 		if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY ||
 		    rc == MBEDTLS_ERR_SSL_CONN_EOF) {
-			conn_drop(c, "pool_closed");	/* and refill */
+			conn_drop(c, REASON_POOL_CLOSED);	/* and refill */
 			return;
 		}
 		conn_error_tls(c, "TLS read", rc);
-		conn_fail(c, "tls_error", true);
+		conn_fail(c, REASON_TLS_ERROR);
 		return;
 	}
 }
@@ -391,7 +387,7 @@ static void pooled_input(struct conn *c)
 void pool_await_preamble(struct conn *c)
 {
 	if (c->tun->stopping) {	/* no backend will be dialed any more */
-		conn_drop(c, "drain");
+		conn_drop(c, REASON_DRAIN);
 		return;
 	}
 	c->phase = PH_PREAMBLE;
@@ -433,15 +429,15 @@ static void preamble_input(struct conn *c)
 			    "0x%02x, not the pool preamble 0x%02x (the peer "
 			    "negotiated ALPN " PREAMBLE_ALPN ")", byte,
 			    PREAMBLE_DIAL);
-			conn_fail(c, "bad_preamble", false);
+			conn_fail(c, REASON_BAD_PREAMBLE);
 			return;
 		case PREAMBLE_CLOSED:
 			/* The client recycled or flushed an unused conn. */
-			conn_drop(c, "pool_closed");
+			conn_drop(c, REASON_POOL_CLOSED);
 			return;
 		case PREAMBLE_ERROR:
 			conn_error_tls(c, "TLS read", rc);
-			conn_fail(c, "tls_error", false);
+			conn_fail(c, REASON_TLS_ERROR);
 			return;
 		case PREAMBLE_WAIT:
 			if (more_input(c, &stalled_at))
@@ -468,10 +464,10 @@ void pool_timer(struct conn *c)
 	case PH_POOLED:
 		STAT_ADD(c->tun->stats->pool_recycled, 1);
 		close_notify(c);
-		conn_drop(c, "pool_idle");	/* and refill */
+		conn_drop(c, REASON_POOL_IDLE);	/* and refill */
 		return;
 	case PH_PREAMBLE:
-		conn_fail(c, "idle_timeout", false);
+		conn_fail(c, REASON_IDLE_TIMEOUT);
 		return;
 	default:
 		return;

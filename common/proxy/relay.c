@@ -92,7 +92,7 @@ static void plain_reading(struct conn *c, bool on)
 	    uv_read_stop(&c->plain.s);
 	if (rc != 0) {
 		conn_error_uv(c, "plaintext read", rc);
-		conn_fail(c, "plain_error", false);
+		conn_fail(c, REASON_PLAIN_ERROR);
 		return;
 	}
 	c->plain_reading = on;
@@ -123,7 +123,7 @@ void relay_tls_reading(struct conn *c)
 	    uv_read_stop(&c->tls.s);
 	if (rc != 0) {
 		conn_error_uv(c, "TLS read", rc);
-		conn_fail(c, "tls_error", true);
+		conn_fail(c, REASON_TLS_ERROR);
 		return;
 	}
 	c->tls_reading = want;
@@ -142,7 +142,7 @@ static void on_tls_written(uv_write_t *req, int status)
 	if (status < 0) {
 		conn_error_uv(c, "TLS write", status);
 		conn_fail(c, status == UV_ECONNRESET || status == UV_EPIPE ?
-		    "tls_reset" : "tls_error", true);
+		    REASON_TLS_RESET : REASON_TLS_ERROR);
 		return;
 	}
 	if (c->phase == PH_RELAY && !c->p2t_eof && c->tls_queued < RELAY_LOW)
@@ -192,7 +192,7 @@ void relay_flush_tls(struct conn *c)
 	int rc = stream_write(&c->tls.s, w, on_tls_written, &c->tls_queued);
 	if (rc < 0) {
 		conn_error_uv(c, "TLS write", rc);
-		conn_fail(c, "tls_error", true);
+		conn_fail(c, REASON_TLS_ERROR);
 	}
 }
 
@@ -262,7 +262,7 @@ static void in_settle(struct conn *c)
 	c->in_saved = malloc(c->in_len);
 	if (c->in_saved == NULL) {
 		c->in_len = 0;
-		conn_fail(c, "nomem", true);
+		conn_fail(c, REASON_NOMEM);
 		return;
 	}
 	memcpy(c->in_saved, c->in, c->in_len);
@@ -282,7 +282,7 @@ static void on_plain_written(uv_write_t *req, int status)
 	if (status < 0) {
 		conn_error_uv(c, "plaintext write", status);
 		conn_fail(c, status == UV_ECONNRESET || status == UV_EPIPE ?
-		    "plain_reset" : "plain_error", false);
+		    REASON_PLAIN_RESET : REASON_PLAIN_ERROR);
 		return;
 	}
 	if (c->plain_queued < RELAY_LOW && !c->t2p_eof) {
@@ -295,7 +295,7 @@ static void on_plain_written(uv_write_t *req, int status)
 static void maybe_finish(struct conn *c)
 {
 	if (c->p2t_done && c->t2p_done)
-		conn_fail(c, "closed", false);
+		conn_fail(c, REASON_CLOSED);
 }
 
 static void on_plain_shutdown(uv_shutdown_t *req, int status)
@@ -305,7 +305,7 @@ static void on_plain_shutdown(uv_shutdown_t *req, int status)
 		return;
 	if (status < 0) {
 		conn_error_uv(c, "plaintext shutdown", status);
-		conn_fail(c, "plain_error", false);
+		conn_fail(c, REASON_PLAIN_ERROR);
 		return;
 	}
 	c->t2p_done = true;
@@ -327,7 +327,7 @@ static void on_tls_shutdown(uv_shutdown_t *req, int status)
 	if (status < 0) {
 		conn_error_uv(c, "TLS shutdown", status);
 		conn_fail(c, status == UV_ENOTCONN || status == UV_ECONNRESET ||
-		    status == UV_EPIPE ? "tls_reset" : "tls_error", true);
+		    status == UV_EPIPE ? REASON_TLS_RESET : REASON_TLS_ERROR);
 		return;
 	}
 	c->p2t_done = true;
@@ -342,7 +342,7 @@ static void t2p_end(struct conn *c)
 	int rc = uv_shutdown(&c->plain_shut, &c->plain.s, on_plain_shutdown);
 	if (rc != 0) {
 		conn_error_uv(c, "plaintext shutdown", rc);
-		conn_fail(c, "plain_error", false);
+		conn_fail(c, REASON_PLAIN_ERROR);
 	}
 }
 
@@ -354,7 +354,7 @@ static void p2t_end(struct conn *c)
 	int rc = mbedtls_ssl_close_notify(&c->ssl);
 	if (rc != 0 && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
 		conn_error_tls(c, "close_notify", rc);
-		conn_fail(c, "tls_error", true);
+		conn_fail(c, REASON_TLS_ERROR);
 		return;
 	}
 	relay_flush_tls(c);
@@ -364,7 +364,7 @@ static void p2t_end(struct conn *c)
 	rc = uv_shutdown(&c->tls_shut, &c->tls.s, on_tls_shutdown);
 	if (rc != 0) {
 		conn_error_uv(c, "TLS shutdown", rc);
-		conn_fail(c, "tls_error", true);
+		conn_fail(c, REASON_TLS_ERROR);
 	}
 }
 
@@ -376,7 +376,7 @@ static void plain_write(struct conn *c, struct wbuf *w)
 	    &c->plain_queued);
 	if (rc < 0) {
 		conn_error_uv(c, "plaintext write", rc);
-		conn_fail(c, "plain_error", false);
+		conn_fail(c, REASON_PLAIN_ERROR);
 		return;
 	}
 	c->plain_out += len;
@@ -394,7 +394,7 @@ static void tls_drain(struct conn *c)
 	while (!c->t2p_eof && c->plain_queued < RELAY_HIGH && !c->dropped) {
 		struct wbuf *w = wbuf_new(c, WBUF_CAP);
 		if (w == NULL) {
-			conn_fail(c, "nomem", true);
+			conn_fail(c, REASON_NOMEM);
 			return;
 		}
 		int rc = 0;
@@ -416,7 +416,7 @@ static void tls_drain(struct conn *c)
 			relay_flush_tls(c);
 			conn_errorf(c, "a record failed its integrity check "
 			    "(tampered or corrupted)");
-			conn_fail(c, "bad_record", true);
+			conn_fail(c, REASON_BAD_RECORD);
 			return;
 		}
 		if (rc == MBEDTLS_ERR_SSL_BAD_INPUT_DATA) {
@@ -429,7 +429,7 @@ static void tls_drain(struct conn *c)
 			relay_send_alert(c, MBEDTLS_SSL_ALERT_MSG_RECORD_OVERFLOW);
 			conn_errorf(c, "record too large: the peer announced a "
 			    "record longer than TLS allows");
-			conn_fail(c, "record_too_large", true);
+			conn_fail(c, REASON_RECORD_TOO_LARGE);
 			return;
 		}
 		if (c->tls_out != NULL && c->tls_out->len > 0 &&
@@ -443,7 +443,7 @@ static void tls_drain(struct conn *c)
 			 */
 			relay_flush_tls(c);
 			conn_errorf(c, "the peer tried to renegotiate (refused)");
-			conn_fail(c, "renegotiation", true);
+			conn_fail(c, REASON_RENEGOTIATION);
 			return;
 		}
 		if (rc > 0)
@@ -476,11 +476,11 @@ static void tls_drain(struct conn *c)
 		if (rc == 0 || rc == MBEDTLS_ERR_SSL_CONN_EOF) {
 			conn_errorf(c, "the TLS peer "
 			    "closed the connection without close_notify");
-			conn_fail(c, "truncated", true);
+			conn_fail(c, REASON_TRUNCATED);
 			return;
 		}
 		conn_error_tls(c, "TLS read", rc);
-		conn_fail(c, "tls_error", true);
+		conn_fail(c, REASON_TLS_ERROR);
 		return;
 	}
 	/* TLS 1.3 sends tickets from inside mbedtls_ssl_read. */
@@ -519,7 +519,7 @@ static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	}
 	if (n < 0) {
 		conn_error_uv(c, "plaintext read", (int)n);
-		conn_fail(c, n == UV_ECONNRESET ? "plain_reset" : "plain_error", false);
+		conn_fail(c, n == UV_ECONNRESET ? REASON_PLAIN_RESET : REASON_PLAIN_ERROR);
 		return;
 	}
 	conn_touch(c);
@@ -538,8 +538,8 @@ static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 #endif
 		if (rc < 0) {
 			conn_error_tls(c, "TLS write", rc);
-			conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? "nomem" :
-			    "tls_error", true);
+			conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
+			    REASON_TLS_ERROR);
 			return;
 		}
 		p += rc;
@@ -574,7 +574,7 @@ void relay_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		relay_tls_reading(c);
 	} else if (n < 0) {
 		conn_error_uv(c, "TLS read", (int)n);
-		conn_fail(c, n == UV_ECONNRESET ? "tls_reset" : "tls_error", true);
+		conn_fail(c, n == UV_ECONNRESET ? REASON_TLS_RESET : REASON_TLS_ERROR);
 		return;
 	} else {
 		conn_touch(c);
