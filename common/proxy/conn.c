@@ -123,7 +123,7 @@ int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms)
 		return 1;
 	for (struct conn *c = oldest; c != NULL && victim == NULL;
 	    c = c->hs_next) {
-		if (c->saw_tls_bytes)
+		if (c->io.saw_bytes)
 			continue;
 		if (c->started < now)
 			victim = c;
@@ -139,7 +139,7 @@ int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms)
 	}
 	conn_errorf(victim, "shed at max_handshakes = %u for a newer "
 	    "connection (%s)", conn_cfg(victim)->max_handshakes,
-	    victim->saw_tls_bytes ? "handshake unfinished after 1s" :
+	    victim->io.saw_bytes ? "handshake unfinished after 1s" :
 	    "no byte received");
 	STAT_ADD(t->stats->hs_shed, 1);
 	conn_fail(victim, REASON_HANDSHAKE_SHED);
@@ -152,13 +152,10 @@ static void conn_free(struct conn *c)
 {
 	struct tunnel *t = c->tun;
 	bool pooled = c->pool;
-	if (c->ssl_init)
-		mbedtls_ssl_free(&c->ssl);	/* zeroizes keys and buffers */
+	tlsio_free(&c->io);
 	tunnel_conf_release(c->conf);	/* after the ssl that used it */
 	if (c->ai_list != NULL)
 		uv_freeaddrinfo(c->ai_list);
-	free(c->in_saved);
-	relay_wbuf_free(c->tls_out);
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else
@@ -207,8 +204,8 @@ static void log_conn_end(struct conn *c, enum reason why, bool refused)
 	log_begin(&l, reason_info(why)->level, "conn_end");
 	if (!l.on)
 		return;
-	if (c->peer.has_pin)
-		pin_format_short(&c->peer.pin, pin);
+	if (c->io.peer.has_pin)
+		pin_format_short(&c->io.peer.pin, pin);
 	log_str(&l, "tunnel", conn_cfg(c)->name);
 	log_u64(&l, "id", c->id);
 	log_u64(&l, "worker", c->tun->worker);
@@ -218,8 +215,8 @@ static void log_conn_end(struct conn *c, enum reason why, bool refused)
 	log_u64(&l, "plain_out", c->plain_out);
 	log_u64(&l, "duration_ms", uv_now(conn_loop(c)) - c->started);
 	log_str(&l, "reason", reason_name(why));
-	if (refused && c->peer.has_pin) {
-		pin_format(&c->peer.pin, pin);
+	if (refused && c->io.peer.has_pin) {
+		pin_format(&c->io.peer.pin, pin);
 		log_str(&l, "presented_pin", pin);
 	}
 	if (c->error[0])
@@ -318,20 +315,20 @@ void conn_phase_timer(struct conn *c, uint64_t ms)
 
 static enum reason handshake_reason(struct conn *c, int rc)
 {
-	if (c->peer.verdict != TLS_PEER_OK)
-		return tls_verdict_reason(c->peer.verdict);
-	if (c->alert_sent == MBEDTLS_SSL_ALERT_MSG_NO_APPLICATION_PROTOCOL &&
+	if (c->io.peer.verdict != TLS_PEER_OK)
+		return tls_verdict_reason(c->io.peer.verdict);
+	if (c->io.alert_sent == MBEDTLS_SSL_ALERT_MSG_NO_APPLICATION_PROTOCOL &&
 	    c->tun->role == CFG_SERVER) {
 		conn_errorf(c, "the client offered ALPN protocols but not "
 		    PREAMBLE_ALPN "; connect without ALPN (openssl s_client "
 		    "without -alpn, curl --no-alpn) or through upseal-client");
 		return REASON_NO_APPLICATION_PROTOCOL;
 	}
-	if (c->saw_tls_bytes && c->first_byte != 0x16 &&
+	if (c->io.saw_bytes && c->io.first_byte != 0x16 &&
 	    c->tun->role == CFG_SERVER) {
 		snprintf(c->error, sizeof c->error,
 		    "the peer did not speak TLS (first byte 0x%02x%s)",
-		    c->first_byte, c->first_byte >= 'A' && c->first_byte <= 'Z' ?
+		    c->io.first_byte, c->io.first_byte >= 'A' && c->io.first_byte <= 'Z' ?
 		    ", looks like plaintext" : "");
 		return REASON_NOT_TLS;
 	}
@@ -402,8 +399,8 @@ static unsigned char refusal_alert(int rc, enum tls_verdict v)
 /* Send refusal_alert's alert unless mbedTLS sent one in this handshake. */
 static void refuse(struct conn *c, int rc)
 {
-	unsigned char desc = refusal_alert(rc, c->peer.verdict);
-	if (desc != 0 && !c->alert_out)
+	unsigned char desc = refusal_alert(rc, c->io.peer.verdict);
+	if (desc != 0 && !c->io.alert_out)
 		relay_send_alert(c, desc);
 }
 
@@ -418,7 +415,7 @@ static void dial_start(struct conn *c);
 
 void conn_handshake_step(struct conn *c)
 {
-	int rc = compat_ssl_handshake(&c->ssl);
+	int rc = tlsio_handshake(&c->io);
 	relay_flush_tls(c);
 	if (c->dropped || rc == MBEDTLS_ERR_SSL_WANT_READ ||
 	    rc == MBEDTLS_ERR_SSL_WANT_WRITE)
@@ -430,10 +427,10 @@ void conn_handshake_step(struct conn *c)
 		return;
 	}
 	hs_leave(c);	/* the ~37 KB it holds are now a connection's */
-	bool resumed = tls_resumed(&c->peer);	/* before the check fills it */
+	bool resumed = tls_resumed(&c->io.peer);	/* before the check fills it */
 	/* Judged against the tunnel's settings now, not those of accept. */
-	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->ssl,
-	    &c->peer);
+	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->io.ssl,
+	    &c->io.peer);
 	if (v != TLS_PEER_OK) {
 		refuse(c, 0);
 		handshake_failed(c, tls_verdict_reason(v));
@@ -441,16 +438,16 @@ void conn_handshake_step(struct conn *c)
 	}
 	metrics_handshake(c->tun->stats,
 	    (double)(uv_hrtime() - c->hs_started) / 1e9, resumed);
-	tls_session_save(c->conf->tls, &c->ssl);
+	tls_session_save(c->conf->tls, &c->io.ssl);
 	if (log_enabled(LOG_DEBUG)) {
 		struct log_line l;
 		char pin[PIN_TEXT_MAX];
-		pin_format(&c->peer.pin, pin);
+		pin_format(&c->io.peer.pin, pin);
 		log_begin(&l, LOG_DEBUG, "handshake_done");
 		log_str(&l, "tunnel", conn_cfg(c)->name);
 		log_u64(&l, "id", c->id);
-		log_str(&l, "version", tls_version_name(&c->ssl));
-		log_str(&l, "suite", tls_suite_name(&c->ssl));
+		log_str(&l, "version", tls_version_name(&c->io.ssl));
+		log_str(&l, "suite", tls_suite_name(&c->io.ssl));
 		log_bool(&l, "resumed", resumed);
 		log_str(&l, "peer_pin", pin);
 		log_end(&l);
@@ -460,7 +457,7 @@ void conn_handshake_step(struct conn *c)
 			pool_handshaken(c);
 		else
 			relay_start(c);
-	} else if (preamble_negotiated(&c->ssl)) {
+	} else if (preamble_negotiated(&c->io.ssl)) {
 		/* A pool conn: the backend is dialed when a client uses it. */
 		pool_await_preamble(c);
 	} else {
@@ -473,8 +470,8 @@ void conn_settings_changed(struct conn *c)
 {
 	if (c->dropped || c->tun->role != CFG_SERVER || c->phase != PH_PREAMBLE)
 		return;
-	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->ssl,
-	    &c->peer);
+	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->io.ssl,
+	    &c->io.peer);
 	if (v == TLS_PEER_OK)
 		return;
 	conn_errorf(c, "refused after a reload: the peer no longer passes "
@@ -488,18 +485,14 @@ static void tls_begin(struct conn *c)
 	c->hs_started = uv_hrtime();
 	hs_enter(c);
 	conn_phase_timer(c, conn_cfg(c)->handshake_timeout_ms);
-	mbedtls_ssl_init(&c->ssl);
-	c->ssl_init = true;
-	int rc = c->pool ? tls_session_setup_pool(c->conf->tls, &c->ssl,
-	    &c->peer) : tls_session_setup(c->conf->tls, &c->ssl, &c->peer);
+	int rc = tlsio_init(&c->io, c->conf->tls, c->pool, c->error,
+	    sizeof c->error);
 	if (rc != 0) {
 		conn_error_tls(c, "TLS set-up", rc);
 		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
 		    REASON_TLS_ERROR);
 		return;
 	}
-	mbedtls_ssl_set_bio(&c->ssl, c, relay_bio_send, relay_bio_recv, NULL);
-	tls_session_resume(c->conf->tls, &c->ssl);
 	relay_tls_reading(c);
 	if (!c->dropped && c->tun->role == CFG_CLIENT)
 		conn_handshake_step(c);	/* sends the ClientHello */
