@@ -53,6 +53,13 @@ void conn_error_tls(struct conn *c, const char *what, int err)
 	    log_tlserr(err, msg, sizeof msg));
 }
 
+void conn_fail_tls(struct conn *c, const char *what, int err)
+{
+	conn_error_tls(c, what, err);
+	conn_fail(c, err == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
+	    REASON_TLS_ERROR);
+}
+
 /* The end this role dials: TLS for the client, plaintext for the server. */
 static union stream *dialed(struct conn *c)
 {
@@ -91,15 +98,7 @@ static void hs_leave(struct conn *c)
 	if (!c->hs_counted)
 		return;
 	c->hs_counted = false;
-	if (c->hs_prev != NULL)
-		c->hs_prev->hs_next = c->hs_next;
-	else
-		t->hs_oldest = c->hs_next;
-	if (c->hs_next != NULL)
-		c->hs_next->hs_prev = c->hs_prev;
-	else
-		t->hs_newest = c->hs_prev;
-	c->hs_prev = c->hs_next = NULL;
+	CONN_UNLINK(c, hs_prev, hs_next, t->hs_oldest, t->hs_newest);
 	t->hs_live--;
 	tunnel_handshake_ended(t);
 }
@@ -156,12 +155,9 @@ static void conn_free(struct conn *c)
 	tunnel_conf_release(c->conf);	/* after the ssl that used it */
 	if (c->ai_list != NULL)
 		uv_freeaddrinfo(c->ai_list);
-	if (c->prev != NULL)
-		c->prev->next = c->next;
-	else
-		t->conns = c->next;
-	if (c->next != NULL)
-		c->next->prev = c->prev;
+	struct conn *last;	/* t->conns keeps no tail */
+	CONN_UNLINK(c, prev, next, t->conns, last);
+	(void)last;
 	free(c);
 	if (pooled) {
 		tunnel_pool_conn_freed(t);
@@ -488,9 +484,7 @@ static void tls_begin(struct conn *c)
 	int rc = tlsio_init(&c->io, c->conf->tls, c->pool, c->error,
 	    sizeof c->error);
 	if (rc != 0) {
-		conn_error_tls(c, "TLS set-up", rc);
-		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
-		    REASON_TLS_ERROR);
+		conn_fail_tls(c, "TLS set-up", rc);
 		return;
 	}
 	relay_tls_reading(c);

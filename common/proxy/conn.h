@@ -1,6 +1,9 @@
 /*
- * conn: one proxied connection: the plaintext end, the TLS end, the
- * buffers between them, backpressure, half-close, timeouts and teardown.
+ * conn: one proxied connection's life: accepting or dialing its two ends,
+ * the handshake and the judgment of the peer, the timer of each phase,
+ * and the one teardown (conn_drop). Its bytes (the two directions, their
+ * bounded queues and backpressure, half-close) are relay.c's, the TLS
+ * record layer is tlsio's, a pooled connection's waiting is pool.c's.
  *
  * Roles: in the client role the plaintext end is accepted and the TLS end
  * is dialed; in the server role the TLS end is accepted, and the

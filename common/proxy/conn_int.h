@@ -80,6 +80,25 @@ struct conn {
 	char error[160];		/* detail for the conn_end line */
 };
 
+/*
+ * Take node n out of a doubly-linked list threaded through its fields P
+ * and N, whose first element is head and last tail (an lvalue to update,
+ * or a scratch variable for a list that keeps no tail). The one unlink of
+ * the tunnel's lists: every connection, the handshaking ones, the ready
+ * pool.
+ */
+#define CONN_UNLINK(n, P, N, head, tail) do {				\
+	if ((n)->P != NULL)						\
+		(n)->P->N = (n)->N;					\
+	else								\
+		(head) = (n)->N;					\
+	if ((n)->N != NULL)						\
+		(n)->N->P = (n)->P;					\
+	else								\
+		(tail) = (n)->P;					\
+	(n)->P = (n)->N = NULL;						\
+} while (0)
+
 static inline uv_loop_t *conn_loop(struct conn *c)
 {
 	return c->tun->loop;
@@ -99,6 +118,8 @@ void conn_errorf(struct conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void conn_error_uv(struct conn *c, const char *what, int err);
 void conn_error_tls(struct conn *c, const char *what, int err);
+/* End c after the mbedTLS error err in what: nomem or tls_error. */
+void conn_fail_tls(struct conn *c, const char *what, int err);
 /* Note activity for the idle timeout. */
 void conn_touch(struct conn *c);
 /* Arm the connection's one timer for ms from now (0: no deadline). */

@@ -45,13 +45,9 @@ static void ready_push(struct conn *c)
 static void ready_unlink(struct conn *c)
 {
 	struct tunnel_pool *p = &c->tun->pool;
-	if (c->ready_prev != NULL)
-		c->ready_prev->ready_next = c->ready_next;
-	else
-		p->ready_list = c->ready_next;
-	if (c->ready_next != NULL)
-		c->ready_next->ready_prev = c->ready_prev;
-	c->ready_prev = c->ready_next = NULL;
+	struct conn *last;	/* the ready list keeps no tail */
+	CONN_UNLINK(c, ready_prev, ready_next, p->ready_list, last);
+	(void)last;
 	p->ready--;
 	atomic_fetch_sub_explicit(&c->tun->stats->pool_ready, 1, memory_order_relaxed);
 }
@@ -309,9 +305,7 @@ void pool_handoff(struct conn *c)
 	log_pool_line(c, LOG_DEBUG, "pool_handoff", NULL);
 	int rc = preamble_send(&c->io.ssl);
 	if (rc != 0) {
-		conn_error_tls(c, "TLS write (preamble)", rc);
-		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
-		    REASON_TLS_ERROR);
+		conn_fail_tls(c, "TLS write (preamble)", rc);
 		return;
 	}
 	relay_flush_tls(c);

@@ -45,18 +45,30 @@ struct wreq {
 
 /* ---- reading on and off ---- */
 
-static void plain_reading(struct conn *c, bool on)
+/*
+ * Start or stop reading end s (*reading says which it does now); a libuv
+ * error ends c with why.
+ */
+static void set_reading(struct conn *c, union stream *s, bool on,
+    uv_read_cb cb, bool *reading, enum reason why)
 {
-	if (on == c->plain_reading || !c->plain_open)
+	if (on == *reading)
 		return;
-	int rc = on ? uv_read_start(&c->plain.s, on_alloc, on_plain_read) :
-	    uv_read_stop(&c->plain.s);
+	int rc = on ? uv_read_start(&s->s, on_alloc, cb) : uv_read_stop(&s->s);
 	if (rc != 0) {
-		conn_error_uv(c, "plaintext read", rc);
-		conn_fail(c, REASON_PLAIN_ERROR);
+		conn_error_uv(c, s == &c->tls ? "TLS read" : "plaintext read",
+		    rc);
+		conn_fail(c, why);
 		return;
 	}
-	c->plain_reading = on;
+	*reading = on;
+}
+
+static void plain_reading(struct conn *c, bool on)
+{
+	if (c->plain_open)
+		set_reading(c, &c->plain, on, on_plain_read, &c->plain_reading,
+		    REASON_PLAIN_ERROR);
 }
 
 /* Read the TLS end exactly when there is somewhere for the bytes to go. */
@@ -78,16 +90,8 @@ void relay_tls_reading(struct conn *c)
 	default:
 		want = false;
 	}
-	if (want == c->tls_reading)
-		return;
-	int rc = want ? uv_read_start(&c->tls.s, on_alloc, relay_on_tls_read) :
-	    uv_read_stop(&c->tls.s);
-	if (rc != 0) {
-		conn_error_uv(c, "TLS read", rc);
-		conn_fail(c, REASON_TLS_ERROR);
-		return;
-	}
-	c->tls_reading = want;
+	set_reading(c, &c->tls, want, relay_on_tls_read, &c->tls_reading,
+	    REASON_TLS_ERROR);
 }
 
 /* ---- writing ---- */
@@ -134,21 +138,35 @@ static int stream_write(struct conn *c, uv_stream_t *s, struct chunk *ch,
 	return 0;
 }
 
-static void on_tls_written(uv_write_t *req, int status)
+/*
+ * A queued write completed (or failed, or was cancelled by the close):
+ * free it and count it off. Returns c if it is still live and the write
+ * went out; NULL otherwise, c ended for the error if it was live.
+ */
+static struct conn *write_done(uv_write_t *req, int status, bool tls)
 {
 	struct wreq *w = req->data;
 	struct conn *c = w->c;
-	c->tls_queued -= w->ch->len;
+	*(tls ? &c->tls_queued : &c->plain_queued) -= w->ch->len;
 	chunk_free(w->ch);
 	free(w);
 	if (c->dropped)
-		return;
+		return NULL;
 	if (status < 0) {
-		conn_error_uv(c, "TLS write", status);
-		conn_fail(c, status == UV_ECONNRESET || status == UV_EPIPE ?
-		    REASON_TLS_RESET : REASON_TLS_ERROR);
-		return;
+		bool reset = status == UV_ECONNRESET || status == UV_EPIPE;
+		conn_error_uv(c, tls ? "TLS write" : "plaintext write", status);
+		conn_fail(c, tls ? (reset ? REASON_TLS_RESET : REASON_TLS_ERROR) :
+		    reset ? REASON_PLAIN_RESET : REASON_PLAIN_ERROR);
+		return NULL;
 	}
+	return c;
+}
+
+static void on_tls_written(uv_write_t *req, int status)
+{
+	struct conn *c = write_done(req, status, true);
+	if (c == NULL)
+		return;
 	if (c->phase == PH_RELAY && !c->p2t_eof && c->tls_queued < RELAY_LOW)
 		plain_reading(c, true);
 }
@@ -189,19 +207,9 @@ static void in_settle(struct conn *c)
 
 static void on_plain_written(uv_write_t *req, int status)
 {
-	struct wreq *w = req->data;
-	struct conn *c = w->c;
-	c->plain_queued -= w->ch->len;
-	chunk_free(w->ch);
-	free(w);
-	if (c->dropped)
+	struct conn *c = write_done(req, status, false);
+	if (c == NULL)
 		return;
-	if (status < 0) {
-		conn_error_uv(c, "plaintext write", status);
-		conn_fail(c, status == UV_ECONNRESET || status == UV_EPIPE ?
-		    REASON_PLAIN_RESET : REASON_PLAIN_ERROR);
-		return;
-	}
 	if (c->plain_queued < RELAY_LOW && !c->t2p_eof) {
 		tls_drain(c);
 		in_settle(c);
