@@ -81,7 +81,8 @@ $(BUILD)/upseal-server: $(BUILD)/server/main.o $(ARCHIVES)
 $(BUILD)/upseal-certs: $(CERTS_OBJ) $(BUILD)/common/lib.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/unit-tests: $(UNIT_OBJ) $(ARCHIVES)
+# The unit tests make their TLS identities at run time with certs/x509gen.
+$(BUILD)/unit-tests: $(UNIT_OBJ) $(BUILD)/certs/x509gen.o $(ARCHIVES)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 check:

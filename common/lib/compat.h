@@ -304,6 +304,21 @@ static inline int compat_is_tls12(const mbedtls_ssl_context *ssl)
 }
 
 /*
+ * True if rc (from mbedtls_ssl_read or _write) says a TLS 1.3 ticket was
+ * processed on the way: not an error; save the session and call again.
+ * mbedTLS 2.28 has no such code.
+ */
+static inline int compat_is_new_ticket(int rc)
+{
+#if defined(MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
+	return rc == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET;
+#else
+	(void)rc;
+	return 0;
+#endif
+}
+
+/*
  * TLS 1.3 clients ignore the server's tickets unless told to hand them
  * over (mbedtls_ssl_read then returns RECEIVED_NEW_SESSION_TICKET).
  */

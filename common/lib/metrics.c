@@ -1,30 +1,10 @@
 #include "metrics.h"
 
 #include <stddef.h>
-#include <string.h>
-
-static const char *const reasons[METRICS_REASONS] = {
-	"closed", "truncated", "plain_reset", "plain_error", "tls_reset",
-	"tls_error", "pin_mismatch", "no_cert", "chain_invalid",
-	"name_mismatch", "not_tls", "protocol_version", "peer_alert",
-	"handshake_timeout", "handshake_eof", "handshake_failed",
-	"connect_failed", "connect_timeout", "resolve_failed", "idle_timeout",
-	"drain", "nomem", "accept_failed", "renegotiation", "bad_preamble",
-	"pool_closed", "no_application_protocol", "handshake_shed",
-	"bad_record", "record_too_large", "other",
-};
 
 static const double hs_bounds[METRICS_HS_BUCKETS] = {
 	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5,
 };
-
-unsigned metrics_reason(const char *reason)
-{
-	for (unsigned i = 0; i < METRICS_REASONS - 1; i++)
-		if (strcmp(reasons[i], reason) == 0)
-			return i;
-	return METRICS_REASONS - 1;
-}
 
 void metrics_handshake(struct tunnel_stats *s, double seconds, bool resumed)
 {
@@ -88,7 +68,7 @@ static void by_reason(struct sbuf *b, const struct metrics_tunnel *t,
 			    memory_order_relaxed);
 			if (x != 0)
 				sbuf_printf(b, "%s{tunnel=\"%s\",reason=\"%s\"} "
-				    "%llu\n", name, t[i].name, reasons[r],
+				    "%llu\n", name, t[i].name, reason_name(r),
 				    (unsigned long long)x);
 		}
 	}

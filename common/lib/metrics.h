@@ -10,10 +10,11 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "reason.h"
 #include "sbuf.h"
 
-/* Reasons a connection ends, as in the conn_end log line. */
-#define METRICS_REASONS 31
+/* Reasons a connection ends, as in the conn_end log line (reason.h). */
+#define METRICS_REASONS REASON_METRICS
 /* Handshake duration histogram: upper bounds in seconds, then +Inf. */
 #define METRICS_HS_BUCKETS 10
 
@@ -53,9 +54,6 @@ struct tunnel_stats {
 /* Add n to a counter (any thread). */
 #define STAT_ADD(counter, n) \
 	atomic_fetch_add_explicit(&(counter), (n), memory_order_relaxed)
-
-/* The index of a reason word; unknown words map to "other". */
-unsigned metrics_reason(const char *reason);
 
 /* Count one finished handshake that took seconds. */
 void metrics_handshake(struct tunnel_stats *s, double seconds, bool resumed);

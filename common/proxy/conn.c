@@ -53,6 +53,13 @@ void conn_error_tls(struct conn *c, const char *what, int err)
 	    log_tlserr(err, msg, sizeof msg));
 }
 
+void conn_fail_tls(struct conn *c, const char *what, int err)
+{
+	conn_error_tls(c, what, err);
+	conn_fail(c, err == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
+	    REASON_TLS_ERROR);
+}
+
 /* The end this role dials: TLS for the client, plaintext for the server. */
 static union stream *dialed(struct conn *c)
 {
@@ -91,15 +98,7 @@ static void hs_leave(struct conn *c)
 	if (!c->hs_counted)
 		return;
 	c->hs_counted = false;
-	if (c->hs_prev != NULL)
-		c->hs_prev->hs_next = c->hs_next;
-	else
-		t->hs_oldest = c->hs_next;
-	if (c->hs_next != NULL)
-		c->hs_next->hs_prev = c->hs_prev;
-	else
-		t->hs_newest = c->hs_prev;
-	c->hs_prev = c->hs_next = NULL;
+	CONN_UNLINK(c, hs_prev, hs_next, t->hs_oldest, t->hs_newest);
 	t->hs_live--;
 	tunnel_handshake_ended(t);
 }
@@ -123,7 +122,7 @@ int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms)
 		return 1;
 	for (struct conn *c = oldest; c != NULL && victim == NULL;
 	    c = c->hs_next) {
-		if (c->saw_tls_bytes)
+		if (c->io.saw_bytes)
 			continue;
 		if (c->started < now)
 			victim = c;
@@ -139,10 +138,10 @@ int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms)
 	}
 	conn_errorf(victim, "shed at max_handshakes = %u for a newer "
 	    "connection (%s)", conn_cfg(victim)->max_handshakes,
-	    victim->saw_tls_bytes ? "handshake unfinished after 1s" :
+	    victim->io.saw_bytes ? "handshake unfinished after 1s" :
 	    "no byte received");
 	STAT_ADD(t->stats->hs_shed, 1);
-	conn_fail(victim, "handshake_shed", false);
+	conn_fail(victim, REASON_HANDSHAKE_SHED);
 	return 0;
 }
 
@@ -152,19 +151,13 @@ static void conn_free(struct conn *c)
 {
 	struct tunnel *t = c->tun;
 	bool pooled = c->pool;
-	if (c->ssl_init)
-		mbedtls_ssl_free(&c->ssl);	/* zeroizes keys and buffers */
+	tlsio_free(&c->io);
 	tunnel_conf_release(c->conf);	/* after the ssl that used it */
 	if (c->ai_list != NULL)
 		uv_freeaddrinfo(c->ai_list);
-	free(c->in_saved);
-	relay_wbuf_free(c->tls_out);
-	if (c->prev != NULL)
-		c->prev->next = c->next;
-	else
-		t->conns = c->next;
-	if (c->next != NULL)
-		c->next->prev = c->prev;
+	struct conn *last;	/* t->conns keeps no tail */
+	CONN_UNLINK(c, prev, next, t->conns, last);
+	(void)last;
 	free(c);
 	if (pooled) {
 		tunnel_pool_conn_freed(t);
@@ -195,23 +188,20 @@ static void close_handle(uv_handle_t *h, bool *open)
 	uv_close(h, on_closed);
 }
 
-static bool reason_is_quiet(const char *reason)
-{
-	return strcmp(reason, "closed") == 0 || strcmp(reason, "drain") == 0 ||
-	    strcmp(reason, "idle_timeout") == 0 ||
-	    strcmp(reason, "pool_closed") == 0 ||
-	    strcmp(reason, "handshake_shed") == 0;	/* warned once a burst */
-}
-
-static void log_conn_end(struct conn *c, const char *reason)
+/*
+ * The one line a connection leaves. A refused peer's carries, besides the
+ * short peer_pin, the full presented_pin of the key it showed, so that an
+ * operator can add it on purpose.
+ */
+static void log_conn_end(struct conn *c, enum reason why, bool refused)
 {
 	struct log_line l;
 	char pin[PIN_TEXT_MAX] = "";
-	log_begin(&l, reason_is_quiet(reason) ? LOG_INFO : LOG_WARN, "conn_end");
+	log_begin(&l, reason_info(why)->level, "conn_end");
 	if (!l.on)
 		return;
-	if (c->peer.has_pin)
-		pin_format_short(&c->peer.pin, pin);
+	if (c->io.peer.has_pin)
+		pin_format_short(&c->io.peer.pin, pin);
 	log_str(&l, "tunnel", conn_cfg(c)->name);
 	log_u64(&l, "id", c->id);
 	log_u64(&l, "worker", c->tun->worker);
@@ -220,13 +210,17 @@ static void log_conn_end(struct conn *c, const char *reason)
 	log_u64(&l, "plain_in", c->plain_in);
 	log_u64(&l, "plain_out", c->plain_out);
 	log_u64(&l, "duration_ms", uv_now(conn_loop(c)) - c->started);
-	log_str(&l, "reason", reason);
+	log_str(&l, "reason", reason_name(why));
+	if (refused && c->io.peer.has_pin) {
+		pin_format(&c->io.peer.pin, pin);
+		log_str(&l, "presented_pin", pin);
+	}
 	if (c->error[0])
 		log_str(&l, "error", c->error);
 	log_end(&l);
 }
 
-void conn_fail(struct conn *c, const char *reason, bool reset_plain)
+static void end(struct conn *c, enum reason why, bool refused)
 {
 	if (c->dropped)
 		return;
@@ -235,14 +229,12 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 	struct tunnel_stats *st = c->tun->stats;
 	if (c->pool) {
 		/* Not a client's connection (yet): the pool logs and counts it. */
-		pool_ended(c, reason);
+		pool_ended(c, why);
 	} else {
-		log_conn_end(c, reason);
-		STAT_ADD(st->closed[metrics_reason(reason)], 1);
+		log_conn_end(c, why, refused);
+		STAT_ADD(st->closed[reason_metric(why)], 1);
 	}
-	if (c->phase == PH_DIAL && (strcmp(reason, "connect_failed") == 0 ||
-	    strcmp(reason, "connect_timeout") == 0 ||
-	    strcmp(reason, "resolve_failed") == 0))
+	if (c->phase == PH_DIAL && reason_info(why)->connect_failure)
 		STAT_ADD(st->connect_failures, 1);
 
 	if (c->resolving)
@@ -250,7 +242,7 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 	if (c->timer_open)
 		uv_timer_stop(&c->timer);
 	close_handle((uv_handle_t *)&c->timer, &c->timer_open);
-	if (c->plain_open && reset_plain &&
+	if (c->plain_open && reason_info(why)->reset_plain &&
 	    c->plain.h.type == UV_TCP) {
 		c->plain_open = false;
 		/* RST instead of FIN; refused while a shutdown is pending. */
@@ -261,9 +253,14 @@ void conn_fail(struct conn *c, const char *reason, bool reset_plain)
 	close_handle(&c->tls.h, &c->tls_open);
 }
 
-void conn_drop(struct conn *c, const char *reason)
+void conn_fail(struct conn *c, enum reason why)
 {
-	conn_fail(c, reason, false);
+	end(c, why, false);
+}
+
+void conn_drop(struct conn *c, enum reason why)
+{
+	end(c, why, false);
 }
 
 struct conn *conn_next(struct conn *c)
@@ -280,15 +277,15 @@ static void on_timer(uv_timer_t *timer)
 
 	switch (c->phase) {
 	case PH_DIAL:
-		conn_fail(c, "connect_timeout", false);
+		conn_fail(c, REASON_CONNECT_TIMEOUT);
 		return;
 	case PH_HANDSHAKE:
-		conn_fail(c, "handshake_timeout", false);
+		conn_fail(c, REASON_HANDSHAKE_TIMEOUT);
 		return;
 	case PH_RELAY: {
 		uint64_t quiet = uv_now(conn_loop(c)) - c->last_active;
 		if (quiet >= idle)
-			conn_fail(c, "idle_timeout", false);
+			conn_fail(c, REASON_IDLE_TIMEOUT);
 		else
 			conn_phase_timer(c, idle - quiet);
 		return;
@@ -312,40 +309,40 @@ void conn_phase_timer(struct conn *c, uint64_t ms)
 
 /* ---- handshake ---- */
 
-static const char *handshake_reason(struct conn *c, int rc)
+static enum reason handshake_reason(struct conn *c, int rc)
 {
-	if (c->peer.verdict != TLS_PEER_OK)
-		return tls_verdict_reason(c->peer.verdict);
-	if (c->alert_sent == MBEDTLS_SSL_ALERT_MSG_NO_APPLICATION_PROTOCOL &&
+	if (c->io.peer.verdict != TLS_PEER_OK)
+		return tls_verdict_reason(c->io.peer.verdict);
+	if (c->io.alert_sent == MBEDTLS_SSL_ALERT_MSG_NO_APPLICATION_PROTOCOL &&
 	    c->tun->role == CFG_SERVER) {
 		conn_errorf(c, "the client offered ALPN protocols but not "
 		    PREAMBLE_ALPN "; connect without ALPN (openssl s_client "
 		    "without -alpn, curl --no-alpn) or through upseal-client");
-		return "no_application_protocol";
+		return REASON_NO_APPLICATION_PROTOCOL;
 	}
-	if (c->saw_tls_bytes && c->first_byte != 0x16 &&
+	if (c->io.saw_bytes && c->io.first_byte != 0x16 &&
 	    c->tun->role == CFG_SERVER) {
 		snprintf(c->error, sizeof c->error,
 		    "the peer did not speak TLS (first byte 0x%02x%s)",
-		    c->first_byte, c->first_byte >= 'A' && c->first_byte <= 'Z' ?
+		    c->io.first_byte, c->io.first_byte >= 'A' && c->io.first_byte <= 'Z' ?
 		    ", looks like plaintext" : "");
-		return "not_tls";
+		return REASON_NOT_TLS;
 	}
 	switch (rc) {
 	case MBEDTLS_ERR_SSL_CONN_EOF:
 		conn_errorf(c, "the peer closed the "
 		    "connection during the handshake");
-		return "handshake_eof";
+		return REASON_HANDSHAKE_EOF;
 	case COMPAT_ERR_PROTOCOL_VERSION:
 		conn_error_tls(c, "handshake", rc);
-		return "protocol_version";
+		return REASON_PROTOCOL_VERSION;
 	case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE:
 		conn_errorf(c, "the peer sent a fatal "
 		    "alert (it may not pin our key)");
-		return "peer_alert";
+		return REASON_PEER_ALERT;
 	default:
 		conn_error_tls(c, "handshake", rc);
-		return "handshake_failed";
+		return REASON_HANDSHAKE_FAILED;
 	}
 }
 
@@ -398,52 +395,38 @@ static unsigned char refusal_alert(int rc, enum tls_verdict v)
 /* Send refusal_alert's alert unless mbedTLS sent one in this handshake. */
 static void refuse(struct conn *c, int rc)
 {
-	unsigned char desc = refusal_alert(rc, c->peer.verdict);
-	if (desc != 0 && !c->alert_out)
+	unsigned char desc = refusal_alert(rc, c->io.peer.verdict);
+	if (desc != 0 && !c->io.alert_out)
 		relay_send_alert(c, desc);
 }
 
-static void handshake_failed(struct conn *c, const char *reason)
+/* A refused peer or a failed handshake: one conn_end line, with the key. */
+static void handshake_failed(struct conn *c, enum reason why)
 {
-	struct log_line l;
-	char pin[PIN_TEXT_MAX];
-	STAT_ADD(c->tun->stats->hs_failed[metrics_reason(reason)], 1);
-	/* A pool conn's failure is told once per streak, by the pool. */
-	log_begin(&l, c->pool ? LOG_DEBUG : LOG_WARN, "handshake_failed");
-	log_str(&l, "tunnel", conn_cfg(c)->name);
-	log_u64(&l, "id", c->id);
-	log_str(&l, "peer", c->peer_text);
-	log_str(&l, "reason", reason);
-	if (c->peer.has_pin) {
-		pin_format(&c->peer.pin, pin);
-		log_str(&l, "presented_pin", pin);
-	}
-	if (c->error[0])
-		log_str(&l, "error", c->error);
-	log_end(&l);
-	conn_fail(c, reason, true);
+	STAT_ADD(c->tun->stats->hs_failed[reason_metric(why)], 1);
+	end(c, why, true);
 }
 
 static void dial_start(struct conn *c);
 
 void conn_handshake_step(struct conn *c)
 {
-	int rc = compat_ssl_handshake(&c->ssl);
+	int rc = tlsio_handshake(&c->io);
 	relay_flush_tls(c);
 	if (c->dropped || rc == MBEDTLS_ERR_SSL_WANT_READ ||
 	    rc == MBEDTLS_ERR_SSL_WANT_WRITE)
 		return;
 	if (rc != 0) {
-		const char *why = handshake_reason(c, rc);
+		enum reason why = handshake_reason(c, rc);
 		refuse(c, rc);
 		handshake_failed(c, why);
 		return;
 	}
 	hs_leave(c);	/* the ~37 KB it holds are now a connection's */
-	bool resumed = tls_resumed(&c->peer);	/* before the check fills it */
+	bool resumed = tls_resumed(&c->io.peer);	/* before the check fills it */
 	/* Judged against the tunnel's settings now, not those of accept. */
-	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->ssl,
-	    &c->peer);
+	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->io.ssl,
+	    &c->io.peer);
 	if (v != TLS_PEER_OK) {
 		refuse(c, 0);
 		handshake_failed(c, tls_verdict_reason(v));
@@ -451,16 +434,16 @@ void conn_handshake_step(struct conn *c)
 	}
 	metrics_handshake(c->tun->stats,
 	    (double)(uv_hrtime() - c->hs_started) / 1e9, resumed);
-	tls_session_save(c->conf->tls, &c->ssl);
+	tls_session_save(c->conf->tls, &c->io.ssl);
 	if (log_enabled(LOG_DEBUG)) {
 		struct log_line l;
 		char pin[PIN_TEXT_MAX];
-		pin_format(&c->peer.pin, pin);
+		pin_format(&c->io.peer.pin, pin);
 		log_begin(&l, LOG_DEBUG, "handshake_done");
 		log_str(&l, "tunnel", conn_cfg(c)->name);
 		log_u64(&l, "id", c->id);
-		log_str(&l, "version", tls_version_name(&c->ssl));
-		log_str(&l, "suite", tls_suite_name(&c->ssl));
+		log_str(&l, "version", tls_version_name(&c->io.ssl));
+		log_str(&l, "suite", tls_suite_name(&c->io.ssl));
 		log_bool(&l, "resumed", resumed);
 		log_str(&l, "peer_pin", pin);
 		log_end(&l);
@@ -470,7 +453,7 @@ void conn_handshake_step(struct conn *c)
 			pool_handshaken(c);
 		else
 			relay_start(c);
-	} else if (preamble_negotiated(&c->ssl)) {
+	} else if (preamble_negotiated(&c->io.ssl)) {
 		/* A pool conn: the backend is dialed when a client uses it. */
 		pool_await_preamble(c);
 	} else {
@@ -483,13 +466,13 @@ void conn_settings_changed(struct conn *c)
 {
 	if (c->dropped || c->tun->role != CFG_SERVER || c->phase != PH_PREAMBLE)
 		return;
-	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->ssl,
-	    &c->peer);
+	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->io.ssl,
+	    &c->io.peer);
 	if (v == TLS_PEER_OK)
 		return;
 	conn_errorf(c, "refused after a reload: the peer no longer passes "
 	    "the tunnel's pins or CA");
-	conn_fail(c, tls_verdict_reason(v), true);
+	conn_fail(c, tls_verdict_reason(v));
 }
 
 static void tls_begin(struct conn *c)
@@ -498,18 +481,12 @@ static void tls_begin(struct conn *c)
 	c->hs_started = uv_hrtime();
 	hs_enter(c);
 	conn_phase_timer(c, conn_cfg(c)->handshake_timeout_ms);
-	mbedtls_ssl_init(&c->ssl);
-	c->ssl_init = true;
-	int rc = c->pool ? tls_session_setup_pool(c->conf->tls, &c->ssl,
-	    &c->peer) : tls_session_setup(c->conf->tls, &c->ssl, &c->peer);
+	int rc = tlsio_init(&c->io, c->conf->tls, c->pool, c->error,
+	    sizeof c->error);
 	if (rc != 0) {
-		conn_error_tls(c, "TLS set-up", rc);
-		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? "nomem" :
-		    "tls_error", true);
+		conn_fail_tls(c, "TLS set-up", rc);
 		return;
 	}
-	mbedtls_ssl_set_bio(&c->ssl, c, relay_bio_send, relay_bio_recv, NULL);
-	tls_session_resume(c->conf->tls, &c->ssl);
 	relay_tls_reading(c);
 	if (!c->dropped && c->tun->role == CFG_CLIENT)
 		conn_handshake_step(c);	/* sends the ClientHello */
@@ -556,7 +533,7 @@ static union stream *dial_handle(struct conn *c, bool unix_socket)
 	    uv_tcp_init(conn_loop(c), &s->tcp);
 	if (rc != 0) {
 		conn_error_uv(c, "socket", rc);
-		conn_fail(c, "connect_failed", true);
+		conn_fail(c, REASON_CONNECT_FAILED);
 		return NULL;
 	}
 	s->h.data = c;
@@ -607,14 +584,14 @@ static void dial_next(struct conn *c)
 	    backend_refused(c, c->ai_list->ai_addr, why, sizeof why)) {
 		/* None dialed: every address was refused; say so for the first. */
 		conn_errorf(c, "%s", why);
-		conn_fail(c, "connect_failed", true);
+		conn_fail(c, REASON_CONNECT_FAILED);
 		return;
 	}
 	char where[ADDR_TEXT_MAX];
 	addr_format(&conn_cfg(c)->connect, where, sizeof where);
 	conn_errorf(c, "connect %s: %s", where,
 	    c->dial_err ? log_uverr(c->dial_err) : "no address");
-	conn_fail(c, "connect_failed", true);
+	conn_fail(c, REASON_CONNECT_FAILED);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -634,7 +611,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		    conn_cfg(c)->connect.host, log_uverr(status));
 		if (res != NULL)
 			uv_freeaddrinfo(res);
-		conn_fail(c, "resolve_failed", true);
+		conn_fail(c, REASON_RESOLVE_FAILED);
 		return;
 	}
 	c->ai_list = res;
@@ -667,7 +644,7 @@ static void dial_start(struct conn *c)
 	if (rc != 0) {
 		conn_errorf(c, "resolve %s: %s", a->host,
 		    log_uverr(rc));
-		conn_fail(c, "resolve_failed", true);
+		conn_fail(c, REASON_RESOLVE_FAILED);
 		return;
 	}
 	c->resolving = true;
@@ -744,7 +721,7 @@ int conn_accept(struct tunnel *t)
 	    uv_pipe_init(t->loop, &s->pipe, 0);
 	if (rc != 0) {
 		conn_error_uv(c, "accept", rc);
-		conn_fail(c, "accept_failed", false);
+		conn_fail(c, REASON_ACCEPT_FAILED);
 		return 0;
 	}
 	s->h.data = c;
@@ -753,7 +730,7 @@ int conn_accept(struct tunnel *t)
 	rc = uv_accept(&t->listener.s, &s->s);
 	if (rc != 0) {
 		conn_error_uv(c, "accept", rc);
-		conn_fail(c, "accept_failed", false);
+		conn_fail(c, REASON_ACCEPT_FAILED);
 		return 0;
 	}
 	describe_peer(c, s);

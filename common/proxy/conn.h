@@ -1,6 +1,9 @@
 /*
- * conn: one proxied connection: the plaintext end, the TLS end, the
- * buffers between them, backpressure, half-close, timeouts and teardown.
+ * conn: one proxied connection's life: accepting or dialing its two ends,
+ * the handshake and the judgment of the peer, the timer of each phase,
+ * and the one teardown (conn_drop). Its bytes (the two directions, their
+ * bounded queues and backpressure, half-close) are relay.c's, the TLS
+ * record layer is tlsio's, a pooled connection's waiting is pool.c's.
  *
  * Roles: in the client role the plaintext end is accepted and the TLS end
  * is dialed; in the server role the TLS end is accepted, and the
@@ -11,6 +14,7 @@
 
 #include <stdint.h>
 
+#include "reason.h"
 #include "tunnel.h"
 
 /*
@@ -23,12 +27,12 @@
 int conn_accept(struct tunnel *t);
 
 /*
- * End the connection for reason (a short snake_case word that becomes
- * the log's reason=). Safe to call more than once; only the first reason
+ * End the connection for why (reason.h: the word the log's reason= shows,
+ * the line's level, RST or FIN on the plaintext end). Safe to call more than once; only the first reason
  * counts. Stops timers, closes both ends, logs `conn_end`; the memory is
  * freed once the last close callback has run.
  */
-void conn_drop(struct conn *c, const char *reason);
+void conn_drop(struct conn *c, enum reason why);
 
 /*
  * The settings of c's tunnel changed (a reload; tunnel_reconfigure). A

@@ -15,6 +15,7 @@
 
 #include "conn.h"
 #include "tls.h"
+#include "tlsio.h"
 #include "tunnel.h"
 
 /*
@@ -23,11 +24,6 @@
  */
 #define RELAY_HIGH (256 * 1024)
 #define RELAY_LOW (64 * 1024)
-#define CHUNK (64 * 1024)
-/* A chunk of plaintext becomes at most four records of 16 KiB. */
-#define TLS_OUT_CAP (CHUNK + 4 * 64)
-/* The standard write buffer fits either. */
-#define WBUF_CAP TLS_OUT_CAP
 
 /*
  * PH_POOL_WAIT, PH_POOLED: a client's pool connection waiting out a
@@ -37,15 +33,6 @@
  */
 enum phase { PH_DIAL, PH_HANDSHAKE, PH_RELAY, PH_POOL_WAIT, PH_POOLED,
     PH_PREAMBLE };
-
-/* One queued write: the request and the bytes it owns. */
-struct wbuf {
-	uv_write_t req;
-	struct conn *c;
-	size_t len;
-	size_t cap;
-	unsigned char data[];
-};
 
 struct conn {
 	struct tunnel *tun;
@@ -67,17 +54,8 @@ struct conn {
 	bool resolving;
 	int dial_err;			/* the last dial error (libuv code) */
 
-	/* TLS. */
-	mbedtls_ssl_context ssl;
-	bool ssl_init;
-	struct tls_peer peer;
-	struct wbuf *tls_out;		/* records not yet handed to libuv */
-	const unsigned char *in;	/* ciphertext not yet taken by mbedTLS */
-	size_t in_len;
-	unsigned char *in_saved;	/* in's own copy when kept for later */
-	bool tls_eof;			/* TCP EOF on the TLS end */
-	bool saw_tls_bytes;
-	unsigned char first_byte;	/* first byte the TLS end received */
+	/* TLS: the mbedTLS context, its BIO and read/write loop. */
+	struct tlsio io;
 
 	/* Relay. */
 	size_t plain_queued, tls_queued;	/* bytes in writes not yet done */
@@ -96,13 +74,30 @@ struct conn {
 	bool pool;			/* a client's pool conn, not yet handed off */
 	struct conn *ready_prev, *ready_next;	/* in tun->pool.ready_list */
 	uint64_t pooled_at;		/* uv_now: ready (client), waiting (server) */
-	unsigned char alert_sent;	/* last plaintext fatal alert we sent */
-	bool alert_out;			/* an alert record went out (TLS 1.2) */
 
 	bool dropped;
 	char peer_text[ADDR_TEXT_MAX];
 	char error[160];		/* detail for the conn_end line */
 };
+
+/*
+ * Take node n out of a doubly-linked list threaded through its fields P
+ * and N, whose first element is head and last tail (an lvalue to update,
+ * or a scratch variable for a list that keeps no tail). The one unlink of
+ * the tunnel's lists: every connection, the handshaking ones, the ready
+ * pool.
+ */
+#define CONN_UNLINK(n, P, N, head, tail) do {				\
+	if ((n)->P != NULL)						\
+		(n)->P->N = (n)->N;					\
+	else								\
+		(head) = (n)->N;					\
+	if ((n)->N != NULL)						\
+		(n)->N->P = (n)->P;					\
+	else								\
+		(tail) = (n)->P;					\
+	(n)->P = (n)->N = NULL;						\
+} while (0)
 
 static inline uv_loop_t *conn_loop(struct conn *c)
 {
@@ -116,13 +111,15 @@ static inline const struct cfg_tunnel *conn_cfg(struct conn *c)
 
 /* conn.c */
 
-/* End c for reason; reset_plain sends RST instead of FIN on the plaintext end. */
-void conn_fail(struct conn *c, const char *reason, bool reset_plain);
+/* End c for why (the same as conn_drop). */
+void conn_fail(struct conn *c, enum reason why);
 /* Record the detail the conn_end line carries as error=. */
 void conn_errorf(struct conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void conn_error_uv(struct conn *c, const char *what, int err);
 void conn_error_tls(struct conn *c, const char *what, int err);
+/* End c after the mbedTLS error err in what: nomem or tls_error. */
+void conn_fail_tls(struct conn *c, const char *what, int err);
 /* Note activity for the idle timeout. */
 void conn_touch(struct conn *c);
 /* Arm the connection's one timer for ms from now (0: no deadline). */
@@ -155,13 +152,8 @@ void relay_flush_tls(struct conn *c);
  * refusal itself stands). Safe on a dropped c (does nothing).
  */
 void relay_send_alert(struct conn *c, unsigned char desc);
-/* The mbedTLS BIO (arg is the conn). */
-int relay_bio_send(void *arg, const unsigned char *buf, size_t len);
-int relay_bio_recv(void *arg, unsigned char *buf, size_t len);
 /* libuv read callback of the TLS end, in every phase. */
 void relay_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
-/* Return a write buffer (NULL is a no-op). */
-void relay_wbuf_free(struct wbuf *w);
 
 /* pool.c (the public part is in pool.h) */
 
@@ -182,6 +174,6 @@ void pool_tls_input(struct conn *c);
 /* The timer fired in PH_POOL_WAIT, PH_POOLED or PH_PREAMBLE. */
 void pool_timer(struct conn *c);
 /* Called by conn_fail for a pool conn instead of the conn_end line. */
-void pool_ended(struct conn *c, const char *reason);
+void pool_ended(struct conn *c, enum reason why);
 
 #endif

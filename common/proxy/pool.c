@@ -45,13 +45,9 @@ static void ready_push(struct conn *c)
 static void ready_unlink(struct conn *c)
 {
 	struct tunnel_pool *p = &c->tun->pool;
-	if (c->ready_prev != NULL)
-		c->ready_prev->ready_next = c->ready_next;
-	else
-		p->ready_list = c->ready_next;
-	if (c->ready_next != NULL)
-		c->ready_next->ready_prev = c->ready_prev;
-	c->ready_prev = c->ready_next = NULL;
+	struct conn *last;	/* the ready list keeps no tail */
+	CONN_UNLINK(c, ready_prev, ready_next, p->ready_list, last);
+	(void)last;
 	p->ready--;
 	atomic_fetch_sub_explicit(&c->tun->stats->pool_ready, 1, memory_order_relaxed);
 }
@@ -139,13 +135,13 @@ void pool_configure(struct tunnel *t)
 /* Say goodbye properly to a server that waits for our preamble. */
 static void close_notify(struct conn *c)
 {
-	if (c->ssl_init && c->tls_open && mbedtls_ssl_close_notify(&c->ssl) == 0)
+	if (c->io.ssl_init && c->tls_open && tlsio_close_notify(&c->io) == 0)
 		relay_flush_tls(c);
 }
 
 static bool streak_end(struct tunnel *t);
 
-void pool_flush(struct tunnel *t, const char *reason)
+void pool_flush(struct tunnel *t, enum reason why)
 {
 	if (t->stopping)
 		streak_end(t);	/* this worker is out of the tunnel's streak */
@@ -155,7 +151,7 @@ void pool_flush(struct tunnel *t, const char *reason)
 			continue;
 		if (c->phase == PH_POOLED)
 			close_notify(c);
-		conn_drop(c, reason);
+		conn_drop(c, why);
 	}
 }
 
@@ -175,8 +171,8 @@ static void log_pool_line(struct conn *c, enum log_level level,
 		log_str(&l, "reason", reason);
 	if (c->phase == PH_POOLED)
 		log_u64(&l, "age_ms", uv_now(conn_loop(c)) - c->pooled_at);
-	if (c->peer.verdict != TLS_PEER_OK && c->peer.has_pin) {
-		pin_format(&c->peer.pin, pin);
+	if (c->io.peer.verdict != TLS_PEER_OK && c->io.peer.has_pin) {
+		pin_format(&c->io.peer.pin, pin);
 		log_str(&l, "presented_pin", pin);
 	}
 	if (c->error[0])
@@ -193,13 +189,8 @@ static void log_pool_line(struct conn *c, enum log_level level,
 	log_end(&l);
 }
 
-static bool reason_is_ours(const char *reason)
-{
-	return strcmp(reason, "drain") == 0 || strcmp(reason, "pool_flush") == 0;
-}
-
 /* A pool conn failed before it was ready: back off, warn once a streak. */
-static void pool_failed(struct conn *c, const char *reason)
+static void pool_failed(struct conn *c, enum reason why)
 {
 	struct tunnel *t = c->tun;
 	struct tunnel_pool *p = &t->pool;
@@ -213,28 +204,29 @@ static void pool_failed(struct conn *c, const char *reason)
 		    p->backoff_ms * 2;
 		p->retry_at = now + p->backoff_ms;
 	}
-	log_pool_line(c, first ? LOG_WARN : LOG_DEBUG, "pool_failed", reason);
+	log_pool_line(c, first ? LOG_WARN : LOG_DEBUG, "pool_failed",
+	    reason_name(why));
 }
 
-void pool_ended(struct conn *c, const char *reason)
+void pool_ended(struct conn *c, enum reason why)
 {
 	if (c->phase == PH_POOLED) {
 		ready_unlink(c);
-		log_pool_line(c, LOG_DEBUG, "pool_conn_end", reason);
+		log_pool_line(c, LOG_DEBUG, "pool_conn_end", reason_name(why));
 		return;
 	}
-	if (reason_is_ours(reason)) {
-		log_pool_line(c, LOG_DEBUG, "pool_conn_end", reason);
+	if (reason_info(why)->pool_ours) {
+		log_pool_line(c, LOG_DEBUG, "pool_conn_end", reason_name(why));
 		return;
 	}
-	pool_failed(c, reason);
+	pool_failed(c, why);
 }
 
 void pool_handshaken(struct conn *c)
 {
 	struct tunnel *t = c->tun;
 	struct tunnel_pool *p = &t->pool;
-	if (!preamble_negotiated(&c->ssl)) {
+	if (!preamble_negotiated(&c->io.ssl)) {
 		/*
 		 * Not an upseal-server that knows the pool (or an older one):
 		 * it has dialed its backend already. Close; retry with backoff,
@@ -244,7 +236,7 @@ void pool_handshaken(struct conn *c)
 		    " (not an upseal-server, or one without the pool); pooled "
 		    "connections need it");
 		close_notify(c);
-		conn_fail(c, "pool_unsupported", false);
+		conn_fail(c, REASON_POOL_UNSUPPORTED);
 		return;
 	}
 	if (p->failures > 0) {
@@ -311,11 +303,9 @@ void pool_handoff(struct conn *c)
 {
 	STAT_ADD(c->tun->stats->pool_handoffs, 1);
 	log_pool_line(c, LOG_DEBUG, "pool_handoff", NULL);
-	int rc = preamble_send(&c->ssl);
+	int rc = preamble_send(&c->io.ssl);
 	if (rc != 0) {
-		conn_error_tls(c, "TLS write (preamble)", rc);
-		conn_fail(c, rc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? "nomem" :
-		    "tls_error", true);
+		conn_fail_tls(c, "TLS write (preamble)", rc);
 		return;
 	}
 	relay_flush_tls(c);
@@ -323,66 +313,22 @@ void pool_handoff(struct conn *c)
 		relay_start(c);	/* the idle timeout starts now */
 }
 
-/*
- * In TLS 1.2 with renegotiation off, the only answer mbedTLS gives from a
- * read is the no_renegotiation alert. Send it and end (as tls_drain does).
- */
-static bool renegotiating(struct conn *c)
-{
-	if (c->tls_out == NULL || c->tls_out->len == 0 ||
-	    !compat_is_tls12(&c->ssl))
-		return false;
-	relay_flush_tls(c);
-	conn_errorf(c, "the peer tried to renegotiate (refused)");
-	conn_fail(c, "renegotiation", true);
-	return true;
-}
-
-/* Whether a WANT_READ left input that a further read may take. */
-static bool more_input(struct conn *c, size_t *stalled_at)
-{
-	if ((c->in_len > 0 || mbedtls_ssl_check_pending(&c->ssl)) &&
-	    c->in_len != *stalled_at) {
-		*stalled_at = c->in_len;
-		return true;
-	}
-	return false;
-}
-
 /* Client, PH_POOLED: the server may only close (or send a TLS 1.3 ticket). */
 static void pooled_input(struct conn *c)
 {
-	size_t stalled_at = SIZE_MAX;
 	unsigned char buf[64];
-	while (!c->dropped) {
-		int rc = mbedtls_ssl_read(&c->ssl, buf, sizeof buf);
-		if (renegotiating(c))
-			return;
-		if (rc > 0) {
-			conn_errorf(c, "the server sent data before the "
-			    "pool preamble");
-			conn_fail(c, "tls_error", true);
-			return;
-		}
-		if (rc == MBEDTLS_ERR_SSL_WANT_READ) {
-			if (more_input(c, &stalled_at))
-				continue;
-			return;
-		}
-#if defined(MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
-		if (rc == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET) {
-			tls_session_save(c->conf->tls, &c->ssl);
-			continue;
-		}
-#endif
-		if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY ||
-		    rc == MBEDTLS_ERR_SSL_CONN_EOF) {
-			conn_drop(c, "pool_closed");	/* and refill */
-			return;
-		}
-		conn_error_tls(c, "TLS read", rc);
-		conn_fail(c, "tls_error", true);
-		return;
+	size_t len = 0;
+	enum reason why = REASON_TLS_ERROR;
+	enum tlsio_status st = tlsio_read(&c->io, buf, sizeof buf, &len, &why);
+	if (st == TLSIO_FAIL && why != REASON_TRUNCATED) {
+		relay_flush_tls(c);	/* the alert this end sends */
+		conn_fail(c, why);
+	} else if (len > 0) {
+		conn_errorf(c, "the server sent data before the pool preamble");
+		conn_fail(c, REASON_TLS_ERROR);
+	} else if (st == TLSIO_CLOSED || st == TLSIO_FAIL) {
+		c->error[0] = 0;	/* a truncation is a close here */
+		conn_drop(c, REASON_POOL_CLOSED);	/* and refill */
 	}
 }
 
@@ -391,7 +337,7 @@ static void pooled_input(struct conn *c)
 void pool_await_preamble(struct conn *c)
 {
 	if (c->tun->stopping) {	/* no backend will be dialed any more */
-		conn_drop(c, "drain");
+		conn_drop(c, REASON_DRAIN);
 		return;
 	}
 	c->phase = PH_PREAMBLE;
@@ -405,49 +351,40 @@ void pool_await_preamble(struct conn *c)
 
 static void preamble_input(struct conn *c)
 {
-	size_t stalled_at = SIZE_MAX;
-	while (!c->dropped) {
-		unsigned char byte;
-		int rc;
-		enum preamble_result r = preamble_recv(&c->ssl, &byte, &rc);
-		if (renegotiating(c))
-			return;
-		switch (r) {
-		case PREAMBLE_GO:
-			STAT_ADD(c->tun->stats->pool_handoffs, 1);
-			if (log_enabled(LOG_DEBUG)) {
-				struct log_line l;
-				log_begin(&l, LOG_DEBUG, "preamble");
-				log_str(&l, "tunnel", conn_cfg(c)->name);
-				log_u64(&l, "id", c->id);
-				log_u64(&l, "waited_ms",
-				    uv_now(conn_loop(c)) - c->pooled_at);
-				log_str(&l, "msg", "dialing the backend");
-				log_end(&l);
-			}
-			/* The rest of the record waits in mbedTLS for the relay. */
-			conn_dial(c);
-			return;
-		case PREAMBLE_BAD:
-			conn_errorf(c, "the first byte after the handshake was "
-			    "0x%02x, not the pool preamble 0x%02x (the peer "
-			    "negotiated ALPN " PREAMBLE_ALPN ")", byte,
-			    PREAMBLE_DIAL);
-			conn_fail(c, "bad_preamble", false);
-			return;
-		case PREAMBLE_CLOSED:
-			/* The client recycled or flushed an unused conn. */
-			conn_drop(c, "pool_closed");
-			return;
-		case PREAMBLE_ERROR:
-			conn_error_tls(c, "TLS read", rc);
-			conn_fail(c, "tls_error", false);
-			return;
-		case PREAMBLE_WAIT:
-			if (more_input(c, &stalled_at))
-				continue;
-			return;
+	unsigned char byte;
+	enum reason why = REASON_TLS_ERROR;
+	switch (preamble_recv(&c->io, &byte, &why)) {
+	case PREAMBLE_GO:
+		STAT_ADD(c->tun->stats->pool_handoffs, 1);
+		if (log_enabled(LOG_DEBUG)) {
+			struct log_line l;
+			log_begin(&l, LOG_DEBUG, "preamble");
+			log_str(&l, "tunnel", conn_cfg(c)->name);
+			log_u64(&l, "id", c->id);
+			log_u64(&l, "waited_ms",
+			    uv_now(conn_loop(c)) - c->pooled_at);
+			log_str(&l, "msg", "dialing the backend");
+			log_end(&l);
 		}
+		/* The rest of the record waits in mbedTLS for the relay. */
+		conn_dial(c);
+		return;
+	case PREAMBLE_BAD:
+		conn_errorf(c, "the first byte after the handshake was 0x%02x, "
+		    "not the pool preamble 0x%02x (the peer negotiated ALPN "
+		    PREAMBLE_ALPN ")", byte, PREAMBLE_DIAL);
+		conn_fail(c, REASON_BAD_PREAMBLE);
+		return;
+	case PREAMBLE_CLOSED:
+		/* The client recycled or flushed an unused conn. */
+		conn_drop(c, REASON_POOL_CLOSED);
+		return;
+	case PREAMBLE_ERROR:
+		relay_flush_tls(c);	/* the alert this end sends */
+		conn_fail(c, why);
+		return;
+	case PREAMBLE_WAIT:
+		return;
 	}
 }
 
@@ -468,10 +405,10 @@ void pool_timer(struct conn *c)
 	case PH_POOLED:
 		STAT_ADD(c->tun->stats->pool_recycled, 1);
 		close_notify(c);
-		conn_drop(c, "pool_idle");	/* and refill */
+		conn_drop(c, REASON_POOL_IDLE);	/* and refill */
 		return;
 	case PH_PREAMBLE:
-		conn_fail(c, "idle_timeout", false);
+		conn_fail(c, REASON_IDLE_TIMEOUT);
 		return;
 	default:
 		return;

@@ -11,6 +11,7 @@
 #ifndef UPSEAL_POOL_H
 #define UPSEAL_POOL_H
 
+#include "reason.h"
 #include "tunnel.h"
 
 /*
@@ -21,12 +22,12 @@
 void pool_configure(struct tunnel *t);
 
 /*
- * Close every pool connection of t at once, with reason (a conn_drop
- * reason such as "drain"): a client's pooled and still-opening ones, and
+ * Close every pool connection of t at once, for why (REASON_DRAIN,
+ * REASON_POOL_FLUSH): a client's pooled and still-opening ones, and
  * in the server role those still waiting for the preamble (no client
  * byte is in flight on them). Nothing is freed before the loop runs.
  */
-void pool_flush(struct tunnel *t, const char *reason);
+void pool_flush(struct tunnel *t, enum reason why);
 
 /*
  * Open pool connections until t has t->pool.target of them (ready or on

@@ -427,7 +427,7 @@ void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf)
 	struct tunnel_conf *old = t->conf;
 	/* Pool conns of the old settings go; new ones are opened. */
 	if (t->role == CFG_CLIENT)
-		pool_flush(t, "pool_flush");
+		pool_flush(t, REASON_POOL_FLUSH);
 	t->conf = tunnel_conf_hold(conf);
 	tunnel_conf_release(old);
 	/* conn_drop frees nothing before the loop runs: the list holds. */
@@ -477,7 +477,7 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 	t->stopping = true;
 	t->on_empty = on_empty;
 	/* Unused pool conns hold nothing a client waits for: close them now. */
-	pool_flush(t, "drain");
+	pool_flush(t, REASON_DRAIN);
 	if (tunnel_cfg(t)->listen.kind == ADDR_UNIX && t->owns_path)
 		unlink(tunnel_cfg(t)->listen.path);
 	if (t->listener_open) {
@@ -501,9 +501,10 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 
 void tunnel_drop_all(struct tunnel *t, const char *reason)
 {
+	enum reason why = reason_parse(reason);
 	/* conn_drop frees nothing before the loop runs: the list holds. */
 	for (struct conn *c = t->conns; c != NULL; c = conn_next(c))
-		conn_drop(c, reason);
+		conn_drop(c, why);
 }
 
 /* Wake every worker holding back an accept; each retries on its own loop. */

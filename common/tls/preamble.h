@@ -8,8 +8,8 @@
  * (openssl s_client, stunnel, nginx's proxy_ssl) gets the plain
  * behaviour: the backend is dialed right after the handshake.
  *
- * Only mbedTLS is used here (no libuv): the libFuzzer target
- * tests/fuzz/fuzz_pool.c drives preamble_recv as the server does.
+ * No libuv here: the libFuzzer target tests/fuzz/fuzz_pool.c drives
+ * preamble_recv, over the same tlsio, as the server does.
  */
 #ifndef UPSEAL_PREAMBLE_H
 #define UPSEAL_PREAMBLE_H
@@ -17,6 +17,9 @@
 #include <stdbool.h>
 
 #include <mbedtls/ssl.h>
+
+#include "reason.h"
+#include "tlsio.h"
 
 #define PREAMBLE_ALPN "upseal/1"
 #define PREAMBLE_DIAL 0x01
@@ -35,19 +38,20 @@ enum preamble_result {
 	PREAMBLE_GO,		/* the byte was PREAMBLE_DIAL: dial the backend */
 	PREAMBLE_BAD,		/* another byte came (in *byte) */
 	PREAMBLE_CLOSED,	/* close_notify or EOF before any byte */
-	PREAMBLE_ERROR,		/* a TLS error (mbedTLS code in *rc) */
+	PREAMBLE_ERROR,		/* the connection must end (*why) */
 };
 
 /*
  * Server side, after a handshake that negotiated `upseal/1`: read at most
- * one application byte from ssl (the rest of its record stays buffered in
+ * one application byte from io (the rest of its record stays buffered in
  * mbedTLS, for the relay to read once the backend is up) and judge it.
- * *byte gets the byte read (PREAMBLE_GO, PREAMBLE_BAD); *rc the mbedTLS
- * result of the read. PREAMBLE_WAIT may also mean that a post-handshake
- * message was processed: call again while the input makes progress.
+ * *byte gets the byte read (PREAMBLE_GO, PREAMBLE_BAD). PREAMBLE_ERROR:
+ * tlsio_read's end (*why; an alert to send may be in io's output), which
+ * also wins over a byte read with it. A truncation before any byte is
+ * PREAMBLE_CLOSED, like close_notify (its detail is cleared).
  */
-enum preamble_result preamble_recv(mbedtls_ssl_context *ssl,
-    unsigned char *byte, int *rc);
+enum preamble_result preamble_recv(struct tlsio *io, unsigned char *byte,
+    enum reason *why);
 
 /*
  * Client side, at handoff: queue the preamble byte as the first

@@ -248,7 +248,7 @@ static int ticket_open(void *p, mbedtls_ssl_session *session,
 	char pin[PIN_TEXT_MAX];
 	log_begin(&l, LOG_INFO, "ticket_refused");
 	log_str(&l, "tunnel", ctx->name);
-	log_str(&l, "reason", tls_verdict_reason(v));
+	log_str(&l, "reason", reason_name(tls_verdict_reason(v)));
 	if (peer.has_pin) {
 		pin_format(&peer.pin, pin);
 		log_str(&l, "presented_pin", pin);
@@ -640,21 +640,21 @@ bool tls_resumed(const struct tls_peer *peer)
 	return !peer->verified;
 }
 
-const char *tls_verdict_reason(enum tls_verdict v)
+enum reason tls_verdict_reason(enum tls_verdict v)
 {
 	switch (v) {
 	case TLS_PEER_OK:
-		return "ok";
+		break;
 	case TLS_PEER_PIN_MISMATCH:
-		return "pin_mismatch";
+		return REASON_PIN_MISMATCH;
 	case TLS_PEER_CHAIN_INVALID:
-		return "chain_invalid";
+		return REASON_CHAIN_INVALID;
 	case TLS_PEER_NAME_MISMATCH:
-		return "name_mismatch";
+		return REASON_NAME_MISMATCH;
 	case TLS_PEER_NO_CERT:
-		return "no_cert";
+		return REASON_NO_CERT;
 	}
-	return "unknown";
+	return REASON_OTHER;
 }
 
 const char *tls_version_name(const mbedtls_ssl_context *ssl)

@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "pin.h"
+#include "reason.h"
 
 struct tls_ctx;
 
@@ -103,8 +104,8 @@ void tls_session_resume(struct tls_ctx *ctx, mbedtls_ssl_context *ssl);
 void tls_session_save(struct tls_ctx *ctx, const mbedtls_ssl_context *ssl);
 bool tls_resumed(const struct tls_peer *peer_before_check);
 
-/* A word for the log: "pin_mismatch", "chain_invalid", ... */
-const char *tls_verdict_reason(enum tls_verdict v);
+/* Why a connection ends for verdict v (not TLS_PEER_OK): pin_mismatch, ... */
+enum reason tls_verdict_reason(enum tls_verdict v);
 
 /* The negotiated protocol and suite, for the log ("TLSv1.2", "TLS-ECDHE-..."). */
 const char *tls_version_name(const mbedtls_ssl_context *ssl);

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <mbedtls/platform_util.h>
@@ -61,6 +62,9 @@ static inline void fuzz_make_identity(const char *name, char *crt_out,
 		fuzz_die("fuzz", "key pem", err);
 	snprintf(key_out, FUZZ_PATH_MAX, "%s/%s.key", fuzz_ids_dir, name);
 	fuzz_write_file(key_out, pem, len);
+	/* A key must not be readable by others (secret.h), whatever the umask. */
+	if (chmod(key_out, 0600) != 0)
+		fuzz_die("fuzz", "chmod", key_out);
 	mbedtls_platform_zeroize(pem, sz);
 	free(pem);
 	struct x509gen_opts o = { .name = name, .days = 30 };

@@ -1,11 +1,12 @@
 /*
  * libFuzzer target: the server's handling of what follows a handshake
- * that negotiated ALPN upseal/1 (the pool's preamble, common/preamble.c),
- * driven as pool.c's preamble_input drives it.
+ * that negotiated ALPN upseal/1 (the pool's preamble, common/tls/preamble.c),
+ * through the product's tlsio (its BIO and read loop), as pool.c's
+ * preamble_input drives it.
  *
  * Per input: a client (tls_session_setup_pool: offers upseal/1) and a
- * server (tls_session_setup), both from tls_ctx_new as the daemons build
- * them, do a resumed handshake over in-memory pipes (a session is cached
+ * server (tlsio_init: tls_session_setup), both from tls_ctx_new as the
+ * daemons build them, do a resumed handshake over in-memory pipes (a session is cached
  * once at start-up, so each run costs no public-key operation). The input
  * is then a script of what reaches the server:
  *
@@ -15,7 +16,8 @@
  *   other h, BYTES  the client writes (h % 64) bytes as one record
  *
  * after which the server runs preamble_recv until it decides or runs out
- * of input; on PREAMBLE_GO it reads what is left, as the relay would.
+ * of input; on PREAMBLE_GO it reads what is left with tlsio_read, as the
+ * relay would.
  *
  * Oracles, when no raw bytes were injected: the decision follows the
  * first application byte the client wrote (0x01: GO; another: BAD with
@@ -38,6 +40,7 @@
 #include "preamble.h"
 #include "rng.h"
 #include "tls.h"
+#include "tlsio.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
@@ -89,14 +92,27 @@ static int cli_recv(void *w, unsigned char *b, size_t n)
 	return pipe_recv(&((struct wire *)w)->to_client, b, n);
 }
 
-static int srv_send(void *w, const unsigned char *b, size_t n)
+/* The server's socket: what reached it goes into its tlsio. */
+static void srv_feed(struct wire *w, struct tlsio *io)
 {
-	return pipe_send(&((struct wire *)w)->to_client, b, n);
+	struct pipe *p = &w->to_server;
+	if (p->pos < p->len) {
+		tlsio_input(io, p->buf + p->pos, p->len - p->pos);
+		p->pos = p->len;
+	}
+	if (p->eof && !io->in_eof)
+		tlsio_input(io, NULL, 0);
 }
 
-static int srv_recv(void *w, unsigned char *b, size_t n)
+/* After an operation: keep the input left, send what it wrote. */
+static void srv_done(struct wire *w, struct tlsio *io)
 {
-	return pipe_recv(&((struct wire *)w)->to_server, b, n);
+	if (tlsio_settle(io) != 0)
+		fuzz_die("fuzz_pool", "settle", "no memory");
+	struct chunk *out = tlsio_take_out(io);
+	if (out != NULL)
+		(void)pipe_send(&w->to_client, out->data, out->len);
+	chunk_free(out);
 }
 
 static void die(const char *what, const char *err)
@@ -105,14 +121,18 @@ static void die(const char *what, const char *err)
 }
 
 /* Both sides to the end of the handshake; 0, or -1 if either failed. */
-static int handshake(mbedtls_ssl_context *cli, mbedtls_ssl_context *srv)
+static int handshake(struct wire *w, mbedtls_ssl_context *cli,
+    struct tlsio *srv)
 {
 	int rc_c = MBEDTLS_ERR_SSL_WANT_READ, rc_s = MBEDTLS_ERR_SSL_WANT_READ;
 	for (int i = 0; i < 64 && (rc_c != 0 || rc_s != 0); i++) {
 		if (rc_c != 0)
 			rc_c = mbedtls_ssl_handshake(cli);
-		if (rc_s != 0)
-			rc_s = mbedtls_ssl_handshake(srv);
+		if (rc_s != 0) {
+			srv_feed(w, srv);
+			rc_s = tlsio_handshake(srv);
+			srv_done(w, srv);
+		}
 		if ((rc_c != 0 && rc_c != MBEDTLS_ERR_SSL_WANT_READ &&
 		    rc_c != MBEDTLS_ERR_SSL_WANT_WRITE) ||
 		    (rc_s != 0 && rc_s != MBEDTLS_ERR_SSL_WANT_READ &&
@@ -124,21 +144,20 @@ static int handshake(mbedtls_ssl_context *cli, mbedtls_ssl_context *srv)
 
 /* A client and a server session on w, handshaken; -1 if that failed. */
 static int pair(struct wire *w, mbedtls_ssl_context *cli,
-    mbedtls_ssl_context *srv, struct tls_peer *cp, struct tls_peer *sp)
+    struct tlsio *srv, struct tls_peer *cp, char *err, size_t errlen)
 {
 	if (tls_session_setup_pool(cli_ctx, cli, cp) != 0 ||
-	    tls_session_setup(srv_ctx, srv, sp) != 0)
+	    tlsio_init(srv, srv_ctx, false, err, errlen) != 0)
 		die("setup", "mbedtls_ssl_setup failed");
 	mbedtls_ssl_set_bio(cli, w, cli_send, cli_recv, NULL);
-	mbedtls_ssl_set_bio(srv, w, srv_send, srv_recv, NULL);
 	tls_session_resume(cli_ctx, cli);
-	if (handshake(cli, srv) != 0)
+	if (handshake(w, cli, srv) != 0)
 		return -1;
 	/* Judged as conn_handshake_step judges them. */
 	if (tls_check_peer(cli_ctx, cli, cp) != TLS_PEER_OK ||
-	    tls_check_peer(srv_ctx, srv, sp) != TLS_PEER_OK)
+	    tls_check_peer(srv_ctx, &srv->ssl, &srv->peer) != TLS_PEER_OK)
 		die("pair", "a pinned peer was refused");
-	if (!preamble_negotiated(cli) || !preamble_negotiated(srv))
+	if (!preamble_negotiated(cli) || !preamble_negotiated(&srv->ssl))
 		die("pair", "upseal/1 was not negotiated");
 	return 0;
 }
@@ -190,15 +209,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 	/* One full handshake: its session makes every later one resumed. */
 	struct wire *w = calloc(1, sizeof *w);
-	mbedtls_ssl_context cli, srv;
-	struct tls_peer cp, sp;
+	mbedtls_ssl_context cli;
+	struct tlsio srv;
+	struct tls_peer cp;
 	mbedtls_ssl_init(&cli);
-	mbedtls_ssl_init(&srv);
-	if (w == NULL || pair(w, &cli, &srv, &cp, &sp) != 0)
+	if (w == NULL || pair(w, &cli, &srv, &cp, err, sizeof err) != 0)
 		die("init", "the first handshake failed");
 	tls_session_save(cli_ctx, &cli);
 	mbedtls_ssl_free(&cli);
-	mbedtls_ssl_free(&srv);
+	tlsio_free(&srv);
 	free(w);
 	return 0;
 }
@@ -257,43 +276,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct wire *w = calloc(1, sizeof *w);
 	struct sent *sent = calloc(1, sizeof *sent);
-	mbedtls_ssl_context cli, srv;
-	struct tls_peer cp, sp;
+	mbedtls_ssl_context cli;
+	struct tlsio srv;
+	struct tls_peer cp;
+	char err[160] = "";
 	mbedtls_ssl_init(&cli);
-	mbedtls_ssl_init(&srv);
+	memset(&srv, 0, sizeof srv);
 	if (w == NULL || sent == NULL)
 		goto out;
-	if (pair(w, &cli, &srv, &cp, &sp) != 0)
+	if (pair(w, &cli, &srv, &cp, err, sizeof err) != 0)
 		die("pair", "a resumed handshake failed");
 	play(data, size, w, &cli, sent);
 
-	/* The server, as preamble_input: read until a decision or no progress. */
-	enum preamble_result r = PREAMBLE_WAIT;
+	/*
+	 * The server, as preamble_input: one preamble_recv per arrival of
+	 * input (tlsio_read retries a stalled WANT_READ itself).
+	 */
+	enum preamble_result r;
 	unsigned char byte = 0;
-	int rc = 0;
-	size_t stalled_at = SIZE_MAX;
-	for (int i = 0; i < 4096; i++) {
-		r = preamble_recv(&srv, &byte, &rc);
-		if (r != PREAMBLE_WAIT)
-			break;
-		size_t left = w->to_server.len - w->to_server.pos;
-		if ((left == 0 && !mbedtls_ssl_check_pending(&srv)) ||
-		    left == stalled_at)
-			break;
-		stalled_at = left;
-	}
+	enum reason why = REASON_OTHER;
+	srv_feed(w, &srv);
+	r = preamble_recv(&srv, &byte, &why);
+	srv_done(w, &srv);
 	unsigned char rest[PIPE_CAP];
 	size_t nrest = 0;
 	if (r == PREAMBLE_GO) {
-		for (int i = 0; i < 4096 && nrest < sizeof rest; i++) {
-			int n = mbedtls_ssl_read(&srv, rest + nrest,
-			    sizeof rest - nrest);
-			if (n > 0)
-				nrest += (size_t)n;
-			else if (n != MBEDTLS_ERR_SSL_WANT_READ ||
-			    w->to_server.pos == w->to_server.len)
-				break;
-		}
+		size_t n = 0;
+		(void)tlsio_read(&srv, rest,
+		    sizeof rest, &n, &why);
+		nrest = n;
+		srv_done(w, &srv);
 	}
 	if (sent->raw)
 		goto out;
@@ -311,7 +323,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 out:
 	mbedtls_ssl_free(&cli);
-	mbedtls_ssl_free(&srv);
+	tlsio_free(&srv);
 	free(sent);
 	free(w);
 	return 0;

@@ -1,10 +1,10 @@
 /*
  * libFuzzer target: the TLS input path of upseal-server. The input is a
- * client's byte stream, fed through an in-memory BIO into a server-side
- * mbedtls_ssl_context set up exactly as a connection is (tls_ctx_new for a
- * server tunnel, then tls_session_setup). The handshake (and, should it
- * ever finish, tls_check_peer and mbedtls_ssl_read) runs until the input is
- * consumed or the session fails. What the server sends is discarded.
+ * client's byte stream, fed in pieces into the product's tlsio (its BIO and
+ * read loop) set up exactly as a connection's is (tls_ctx_new for a server
+ * tunnel, then tlsio_init). The handshake (and, should it ever finish,
+ * tls_check_peer and tlsio_read) runs until the input is consumed or the
+ * session fails. What the server sends is discarded.
  *
  * The identities (server and a pinned client, ECDSA P-256 from
  * certs/x509gen.c) are made once per process into a temp dir that is
@@ -24,6 +24,7 @@
 #include "pin.h"
 #include "rng.h"
 #include "tls.h"
+#include "tlsio.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -31,32 +32,24 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 static char crt_path[FUZZ_PATH_MAX], key_path[FUZZ_PATH_MAX];
 static struct tls_ctx *ctx;
 
-struct feed {
-	const uint8_t *data;
-	size_t len, pos;
-};
-
-static int bio_recv(void *p, unsigned char *buf, size_t len)
+/*
+ * The next piece of the input: odd-sized, since partial records are the
+ * hard case. 0 when the input is used up.
+ */
+static size_t piece(const uint8_t *data, size_t size, size_t pos)
 {
-	struct feed *f = p;
-	if (f->pos >= f->len)
-		return MBEDTLS_ERR_SSL_WANT_READ;
-	size_t n = f->len - f->pos;
-	if (n > len)
-		n = len;
-	/* Deliver in odd-sized pieces: partial records are the hard case. */
-	if (n > 1 && (f->data[f->pos] & 1))
+	size_t n = size - pos;
+	if (n > 1 && (data[pos] & 1))
 		n = n / 2 + 1;
-	memcpy(buf, f->data + f->pos, n);
-	f->pos += n;
-	return (int)n;
+	return n;
 }
 
-static int bio_send(void *p, const unsigned char *buf, size_t len)
+/* After an operation: keep the input left, discard what it wrote. */
+static void settle(struct tlsio *io)
 {
-	(void)p;
-	(void)buf;
-	return (int)len;
+	if (tlsio_settle(io) != 0)
+		abort();
+	chunk_free(tlsio_take_out(io));
 }
 
 static void die(const char *what, const char *err)
@@ -107,42 +100,50 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	mbedtls_ssl_context ssl;
-	struct tls_peer peer;
-	struct feed f = { data, size, 0 };
-	mbedtls_ssl_init(&ssl);
-	if (tls_session_setup(ctx, &ssl, &peer) != 0)
+	struct tlsio io;
+	char err[160];
+	size_t pos = 0;
+	if (tlsio_init(&io, ctx, false, err, sizeof err) != 0)
 		abort();
-	mbedtls_ssl_set_bio(&ssl, &f, bio_send, bio_recv, NULL);
 	/* Bounded: each round consumes input or ends the session. */
-	int rc = 0;
-	for (int i = 0; i < 4096; i++) {
-		size_t before = f.pos;
-		rc = mbedtls_ssl_handshake(&ssl);
-		if (rc == 0)
-			break;
-		if (rc != MBEDTLS_ERR_SSL_WANT_READ &&
+	int rc = MBEDTLS_ERR_SSL_WANT_READ;
+	for (int i = 0; i < 4096 && rc != 0; i++) {
+		if (tlsio_wants_input(&io)) {
+			size_t n = piece(data, size, pos);
+			if (n == 0)
+				goto out;	/* input consumed mid-handshake */
+			tlsio_input(&io, data + pos, n);
+			pos += n;
+		}
+		rc = tlsio_handshake(&io);
+		settle(&io);
+		if (rc != 0 && rc != MBEDTLS_ERR_SSL_WANT_READ &&
 		    rc != MBEDTLS_ERR_SSL_WANT_WRITE)
 			goto out;
-		if (f.pos == before && f.pos >= f.len)
-			goto out;	/* input consumed mid-handshake */
 	}
 	if (rc != 0)
 		goto out;
 	/* A completed handshake: judged as a connection would judge it. */
-	if (tls_check_peer(ctx, &ssl, &peer) != TLS_PEER_OK)
+	if (tls_check_peer(ctx, &io.ssl, &io.peer) != TLS_PEER_OK)
 		goto out;
 	unsigned char buf[4096];
 	for (int i = 0; i < 4096; i++) {
-		size_t before = f.pos;
-		rc = mbedtls_ssl_read(&ssl, buf, sizeof buf);
-		if (rc > 0)
-			continue;
-		if (rc != MBEDTLS_ERR_SSL_WANT_READ || (f.pos == before &&
-		    f.pos >= f.len))
+		size_t len;
+		enum reason why;
+		enum tlsio_status st = tlsio_read(&io, buf, sizeof buf, &len,
+		    &why);
+		settle(&io);
+		if (st == TLSIO_CLOSED || st == TLSIO_FAIL)
 			break;
+		if (st == TLSIO_WANT) {
+			size_t n = piece(data, size, pos);
+			if (n == 0)
+				break;
+			tlsio_input(&io, data + pos, n);
+			pos += n;
+		}
 	}
 out:
-	mbedtls_ssl_free(&ssl);
+	tlsio_free(&io);
 	return 0;
 }

@@ -130,6 +130,14 @@ def parse_line(line):
     return out
 
 
+# The reasons of a conn_end line that refused a peer or failed a handshake:
+# that one line carries the peer's presented_pin (reason.h).
+HANDSHAKE_REASONS = ("pin_mismatch", "no_cert", "chain_invalid",
+                     "name_mismatch", "not_tls", "protocol_version",
+                     "peer_alert", "handshake_eof", "handshake_failed",
+                     "no_application_protocol")
+
+
 def event_re(event, **fields):
     """Regex matching a log line with this event (and fields), either format."""
     parts = []
@@ -310,6 +318,20 @@ class Proc:
                                      tail(self.log())))
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    def refusals(self):
+        """conn_end lines of refused peers and failed handshakes."""
+        return [e for e in self.events("conn_end")
+                if e.get("reason") in HANDSHAKE_REASONS]
+
+    def wait_refused(self, timeout=10.0, count=1):
+        """Wait for the count-th refusal (see refusals) and return it."""
+        alt = "|".join(HANDSHAKE_REASONS)
+        rx = event_re("conn_end") + (
+            r'(?=.*(?:\breason=(?:%s)(?:\s|$)|"reason"\s*:\s*"(?:%s)"))'
+            % (alt, alt))
+        self.wait_for(rx, timeout, count)
+        return self.refusals()[count - 1]
 
     def wait_event(self, event, timeout=10.0, count=1, **fields):
         self.wait_for(event_re(event, **fields), timeout, count)

@@ -70,7 +70,7 @@ def test_forged_certificate_verify_gets_decrypt_error(h):
     check(r.returncode == 1 and "alert 51" in r.out,
           "forged CertificateVerify: exit %d, output %r; want the alert "
           "51 (decrypt_error)" % (r.returncode, r.out))
-    srv.wait_event("handshake_failed")
+    srv.wait_refused()
     check_eq(be.accepted, 0, "backend connections")
 
 
@@ -104,6 +104,6 @@ def test_sha1_certificate_verify_refused(h):
     check(r.returncode == 1 and "alert 47" in r.out,
           "SHA-1 CertificateVerify: exit %d, output %r; want refused with "
           "the alert 47 (illegal_parameter)" % (r.returncode, r.out))
-    end = srv.wait_event("handshake_failed")
+    end = srv.wait_refused()
     check_eq(end.get("presented_pin"), c.pin, "the refused client's pin")
     check_eq(be.accepted, 1, "backend connections (the control's)")

@@ -257,7 +257,7 @@ def test_forged_certificate_verify(h):
     check(r.returncode == 1 and "handshake failed" in r.out,
           "forged CertificateVerify: exit %d, output %r" % (r.returncode, r.out))
     check_eq(be.accepted, accepted, "backend connections after the forgery")
-    fails = srv.wait_event("handshake_failed")
+    fails = srv.wait_refused()
     h.note("forged CertificateVerify logged as reason=%s error=%s"
            % (fails.get("reason"), fails.get("error")))
     wait_fds(srv, base_s, scaled(3, 9), "after the forgery")
@@ -761,7 +761,7 @@ def test_expired_certificate_with_ca_refused(h):
     how, _, n = wait_closed(s, 8)
     check(how != "open" and n == 0, "expired certificate: %s, %d bytes back"
           % (how, n))
-    e = srv.wait_event("handshake_failed")
+    e = srv.wait_refused()
     check_eq(e.get("reason"), "chain_invalid", "expired certificate reason")
     check_eq(e.get("presented_pin"), old.pin, "presented pin")
     check_eq(be.accepted, 1, "backend connections")
@@ -788,7 +788,7 @@ def test_ca_valid_but_unpinned_key_refused(h):
     s.sendall(b"let me in\n")
     how, _, n = wait_closed(s, 8)
     check(how != "open" and n == 0, "intruder: %s, %d bytes back" % (how, n))
-    e = srv.wait_event("handshake_failed")
+    e = srv.wait_refused()
     check_eq(e.get("reason"), "pin_mismatch", "intruder reason")
     check_eq(e.get("presented_pin"), intruder.pin, "presented pin")
     check_eq(be.accepted, 1, "backend connections")
@@ -812,7 +812,7 @@ def test_two_pins_both_keys_accepted(h):
     s.sendall(b"third key\n")
     how, _, n = wait_closed(s, 8)
     check(how != "open" and n == 0, "unpinned third key: %s, %d bytes" % (how, n))
-    check_eq(srv.wait_event("handshake_failed").get("reason"), "pin_mismatch",
+    check_eq(srv.wait_refused().get("reason"), "pin_mismatch",
              "third key reason")
     check_eq(be.accepted, 2, "backend connections")
 

@@ -438,7 +438,7 @@ def test_reload_under_load(h):
         ends = wait_conn_ends(side, nstreams)
         check_eq(sorted(e.get("reason") for e in ends), ["closed"] * nstreams,
                  "%s conn_end reasons" % side.name)
-        check_eq(len(side.p.events("handshake_failed")), 0,
+        check_eq(len(side.p.refusals()), 0,
                  "%s handshake failures" % side.name)
     # The last settings serve new connections.
     s = h.connect(cli.addr())
@@ -498,7 +498,7 @@ def test_key_rotation_with_two_pins(h):
     srv.tunnels["app"]["cert"], srv.tunnels["app"]["key"] = old.crt, old.key
     srv.reload()
     accepted = be.accepted
-    nfail = len(cli.p.events("handshake_failed"))
+    nfail = len(cli.p.refusals())
     try:
         s = h.connect(cli.addr())
         s.sendall(b"refused?\n")
@@ -506,7 +506,7 @@ def test_key_rotation_with_two_pins(h):
     except ConnectionResetError:
         how, n = "reset", 0
     check_eq(n, 0, "bytes through a server on the retired key")
-    hf = cli.p.wait_event("handshake_failed", scaled(10, 30), count=nfail + 1)
+    hf = cli.p.wait_refused(scaled(10, 30), count=nfail + 1)
     check_eq(hf.get("reason"), "pin_mismatch", "client's verdict on the old key")
     check_eq(hf.get("presented_pin"), old.pin, "presented_pin")
     check_eq(be.accepted, accepted, "backend connections for the refused one")
@@ -815,7 +815,7 @@ def test_metrics_match_traffic(h):
             wait_closed(s, scaled(10, 30))
         except ConnectionResetError:
             pass
-    srv.p.wait_event("handshake_failed", scaled(10, 30), count=n_bad,
+    srv.p.wait_event("conn_end", scaled(10, 30), count=n_bad,
                      reason="pin_mismatch")
 
     # A refused backend, through a second client tunnel to nowhere.
@@ -1020,7 +1020,7 @@ def parse_json_strict(line):
 
 
 EVENTS = ("listening", "status_listening", "ready", "conn_end",
-          "handshake_failed", "reloaded", "reload_failed", "stopping",
+          "reloaded", "reload_failed", "stopping",
           "drain_timeout", "stopped", "max_connections",
           "allow_remote")
 
@@ -1051,7 +1051,7 @@ def _logs(h, fmt):
     close_echo(held)
     check_eq(recv_exact(waiting, 7, 10), b"second\n", "the waiting connection")
     close_echo(waiting)
-    # handshake_failed: a client whose key the server does not pin.
+    # A refused peer: a client whose key the server does not pin.
     bad = h.identity("intruder")
     intr = Side(h, "client", "intruder", {"app": {
         "listen": "127.0.0.1:0", "connect": srv.addr("app"),
@@ -1063,7 +1063,7 @@ def _logs(h, fmt):
         wait_closed(s, 10)
     except ConnectionResetError:
         pass
-    srv.p.wait_event("handshake_failed", 10, reason="pin_mismatch")
+    srv.p.wait_event("conn_end", 10, reason="pin_mismatch")
     intr.p.stop()
     # reloaded, reload_failed (an error= with quotes and brackets).
     srv.tunnels["app"]["idle_timeout"] = "2m"
@@ -1096,8 +1096,11 @@ def _logs(h, fmt):
           "reload_failed error=%r (quotes must survive)" % rf.get("error"))
     check_eq(seen["allow_remote"].get("tunnel"), "remote", "allow_remote tunnel")
     check_eq(seen["drain_timeout"].get("connections"), "1", "drain_timeout")
-    check_eq(seen["handshake_failed"].get("presented_pin"), bad.pin,
-             "presented_pin")
+    refused = [parse(line) for line in srv.p.lines()
+               if "pin_mismatch" in line]
+    check(refused and refused[0].get("event") == "conn_end" and
+          refused[0].get("presented_pin") == bad.pin,
+          "the refused peer's one line: %r" % refused[:1])
     for ev, lvl in (("reload_failed", "error"), ("reloaded", "info"),
                     ("drain_timeout", "warn"),
                     ("stopped", "info"), ("ready", "info")):

@@ -176,7 +176,7 @@ def test_ticket_from_a_pinned_tunnel_does_not_open_a_ca_tunnel(h):
     check(os.path.getsize(sess) > 0, "s_client saved no session")
     resumed, out = _s_client(h, srv.addr("b"), cid, "-sess_in", sess)
     check(not resumed, "[b] resumed a session that [a] issued")
-    srv.p.wait_event("handshake_failed", 10, tunnel="b",
+    srv.p.wait_event("conn_end", 10, tunnel="b",
                      reason="chain_invalid")
     _settle()
     check_eq(bes["b"].accepted, 0, "[b]'s backend connections")
@@ -225,9 +225,9 @@ def test_ticket_after_the_pin_was_removed(h):
         resumed, _ = _s_client(h, srv.addr(name), cid, "-sess_in", sess)
         check(not resumed, "[%s] resumed a ticket issued before the "
               "client's pin was removed" % name)
-    srv.p.wait_event("handshake_failed", 10, tunnel="a",
+    srv.p.wait_event("conn_end", 10, tunnel="a",
                      reason="pin_mismatch")
-    srv.p.wait_event("handshake_failed", 10, tunnel="b",
+    srv.p.wait_event("conn_end", 10, tunnel="b",
                      reason="chain_invalid")
     _settle()
     check_eq(bes["a"].accepted, 1, "[a]'s backend after the reload")
@@ -255,7 +255,7 @@ def test_ticket_after_the_ca_changed(h):
     srv.reload()
     resumed, _ = _s_client(h, srv.addr("b"), cid, "-sess_in", sess)
     check(not resumed, "a CA1 client resumed after [b] moved to CA2")
-    srv.p.wait_event("handshake_failed", 10, tunnel="b",
+    srv.p.wait_event("conn_end", 10, tunnel="b",
                      reason="chain_invalid")
     _settle()
     check_eq(bes["b"].accepted, 2, "backend connections after the CA moved")
@@ -324,6 +324,6 @@ def test_reload_judges_a_handshake_that_began_before_it(h):
         why = "os error %s" % e
     check(why is not None and "ACCESS_DENIED" in why,
           "the client was not refused with access_denied: %s" % why)
-    srv.p.wait_event("handshake_failed", 10, reason="pin_mismatch")
+    srv.p.wait_event("conn_end", 10, reason="pin_mismatch")
     _settle()
     check_eq(be.accepted, 0, "backend connections")

@@ -396,8 +396,8 @@ def _scenario_in(h, net, front):
           "%s log:\n%s" % (front, rc, out[:300], err, front,
                            tail(fp.log())))
     check(_requests_seen(backend) >= 1, "backend saw no request")
-    check(srv.events("handshake_failed") == [],
-          "server refused the pinned client: %r" % srv.events("handshake_failed"))
+    check(srv.refusals() == [],
+          "server refused the pinned client: %r" % srv.refusals())
 
     # 2. From A, the backend's own port on B is closed (loopback only).
     try:
@@ -426,7 +426,7 @@ def _scenario_in(h, net, front):
     s.close()
     check(token.encode() not in got and b"HTTP/1." not in got,
           "the unpinned sidecar got backend bytes: %r" % got[:200])
-    ev = srv.wait_event("handshake_failed", reason="pin_mismatch",
+    ev = srv.wait_event("conn_end", reason="pin_mismatch",
                         timeout=scaled(10, 30))
     check_eq(ev.get("presented_pin"), rogue.pin, "presented_pin in B's log")
     check_eq(_requests_seen(backend), seen, "backend requests after the "
@@ -439,7 +439,7 @@ def _scenario_in(h, net, front):
     s.close()
     check(token.encode() not in got and b"HTTP/1." not in got,
           "plain TCP to upseal-server got backend bytes: %r" % got[:200])
-    srv.wait_event("handshake_failed", reason="not_tls",
+    srv.wait_event("conn_end", reason="not_tls",
                    timeout=scaled(10, 30))
     check_eq(_requests_seen(backend), seen, "backend requests after plain "
              "TCP to upseal-server")
