@@ -214,3 +214,17 @@ bench: bench-build
 
 .PHONY: bench bench-build
 # ---- end of bench -----------------------------------------------------------
+
+# ---- docs -------------------------------------------------------------------
+#   make docs     render every docs/*.dot (Graphviz) into the .svg beside it
+#                 (the connection's state diagram in docs/ARCHITECTURE.md);
+#                 tests/docs.sh checks that the committed .svg is up to date.
+DOT_SRC := $(wildcard docs/*.dot)
+
+docs: $(DOT_SRC:.dot=.svg)
+
+docs/%.svg: docs/%.dot
+	dot -Tsvg -o $@ $<
+
+.PHONY: docs
+# ---- end of docs ------------------------------------------------------------

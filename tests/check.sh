@@ -93,6 +93,7 @@ fi
 
 # Fuzzing (libFuzzer, clang; builds build-fuzz/) briefly, then a valgrind
 # memcheck pass over a few integration tests against the plain build.
+run docs tests/docs.sh
 run fuzz tests/fuzz/run.sh "${FUZZ_SECONDS:-15}"
 run valgrind tests/valgrind.sh build
 
