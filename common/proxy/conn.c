@@ -53,10 +53,10 @@ void conn_error_tls(struct conn *c, const char *what, int err)
 	    log_tlserr(err, msg, sizeof msg));
 }
 
-void conn_fail_tls(struct conn *c, const char *what, int err)
+int conn_end_tls(struct conn *c, const char *what, int err)
 {
 	conn_error_tls(c, what, err);
-	conn_fail(c, err == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
+	return CONN_END(err == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
 	    REASON_TLS_ERROR);
 }
 
@@ -141,7 +141,7 @@ int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms)
 	    victim->io.saw_bytes ? "handshake unfinished after 1s" :
 	    "no byte received");
 	STAT_ADD(t->stats->hs_shed, 1);
-	conn_fail(victim, REASON_HANDSHAKE_SHED);
+	conn_drop(victim, REASON_HANDSHAKE_SHED);
 	return 0;
 }
 
@@ -253,14 +253,15 @@ static void end(struct conn *c, enum reason why, bool refused)
 	close_handle(&c->tls.h, &c->tls_open);
 }
 
-void conn_fail(struct conn *c, enum reason why)
+void conn_drop(struct conn *c, enum reason why)
 {
 	end(c, why, false);
 }
 
-void conn_drop(struct conn *c, enum reason why)
+void conn_event(struct conn *c, int st)
 {
-	end(c, why, false);
+	if (st < 0)
+		conn_drop(c, conn_status_reason(st));
 }
 
 struct conn *conn_next(struct conn *c)
@@ -270,6 +271,25 @@ struct conn *conn_next(struct conn *c)
 
 /* ---- timers ---- */
 
+static void dial(struct conn *c);
+static void on_timer(uv_timer_t *timer);
+
+/* Arm the one timer for ms from now (0: no deadline). */
+static void phase_timer(struct conn *c, uint64_t ms)
+{
+	if (ms == 0)
+		uv_timer_stop(&c->timer);
+	else
+		uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* The one place a connection's phase changes; timeout_ms: its deadline. */
+static void conn_enter(struct conn *c, enum phase ph, uint64_t timeout_ms)
+{
+	c->phase = ph;
+	phase_timer(c, timeout_ms);
+}
+
 static void on_timer(uv_timer_t *timer)
 {
 	struct conn *c = timer->data;
@@ -277,34 +297,29 @@ static void on_timer(uv_timer_t *timer)
 
 	switch (c->phase) {
 	case PH_DIAL:
-		conn_fail(c, REASON_CONNECT_TIMEOUT);
+		conn_drop(c, REASON_CONNECT_TIMEOUT);
 		return;
 	case PH_HANDSHAKE:
-		conn_fail(c, REASON_HANDSHAKE_TIMEOUT);
+		conn_drop(c, REASON_HANDSHAKE_TIMEOUT);
 		return;
 	case PH_RELAY: {
 		uint64_t quiet = uv_now(conn_loop(c)) - c->last_active;
 		if (quiet >= idle)
-			conn_fail(c, REASON_IDLE_TIMEOUT);
+			conn_drop(c, REASON_IDLE_TIMEOUT);
 		else
-			conn_phase_timer(c, idle - quiet);
+			phase_timer(c, idle - quiet);
 		return;
 	}
 	case PH_POOL_WAIT:
+		dial(c);	/* the backoff is over */
+		return;
 	case PH_POOLED:
+		conn_event(c, pool_recycle(c));
+		return;
 	case PH_PREAMBLE:
-		pool_timer(c);
+		conn_drop(c, REASON_IDLE_TIMEOUT);
 		return;
 	}
-}
-
-/* Arm the one timer for ms from now (0: no deadline). */
-void conn_phase_timer(struct conn *c, uint64_t ms)
-{
-	if (ms == 0)
-		uv_timer_stop(&c->timer);
-	else
-		uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
 /* ---- handshake ---- */
@@ -392,34 +407,42 @@ static unsigned char refusal_alert(int rc, enum tls_verdict v)
 	return MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE;
 }
 
-/* Send refusal_alert's alert unless mbedTLS sent one in this handshake. */
-static void refuse(struct conn *c, int rc)
+/*
+ * A refused peer or a failed handshake (rc: as refusal_alert's): the
+ * alert that says why unless mbedTLS sent one in this handshake, then one
+ * conn_end line, with the key.
+ */
+static void refuse(struct conn *c, int rc, enum reason why)
 {
 	unsigned char desc = refusal_alert(rc, c->io.peer.verdict);
-	if (desc != 0 && !c->io.alert_out)
-		relay_send_alert(c, desc);
-}
-
-/* A refused peer or a failed handshake: one conn_end line, with the key. */
-static void handshake_failed(struct conn *c, enum reason why)
-{
+	if (desc != 0 && !c->io.alert_out) {
+		int st = relay_send_alert(c, desc);
+		if (st != 0) {
+			conn_event(c, st);
+			return;
+		}
+	}
 	STAT_ADD(c->tun->stats->hs_failed[reason_metric(why)], 1);
 	end(c, why, true);
 }
 
-static void dial_start(struct conn *c);
+static void relay_enter(struct conn *c);
+static void handshaken(struct conn *c);
 
-void conn_handshake_step(struct conn *c)
+/* Run the handshake as far as the input allows; on success move on. */
+static void handshake_step(struct conn *c)
 {
 	int rc = tlsio_handshake(&c->io);
-	relay_flush_tls(c);
-	if (c->dropped || rc == MBEDTLS_ERR_SSL_WANT_READ ||
-	    rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+	int st = relay_flush_tls(c);
+	if (st != 0) {
+		conn_event(c, st);
+		return;
+	}
+	if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
 		return;
 	if (rc != 0) {
 		enum reason why = handshake_reason(c, rc);
-		refuse(c, rc);
-		handshake_failed(c, why);
+		refuse(c, rc, why);
 		return;
 	}
 	hs_leave(c);	/* the ~37 KB it holds are now a connection's */
@@ -428,8 +451,7 @@ void conn_handshake_step(struct conn *c)
 	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->io.ssl,
 	    &c->io.peer);
 	if (v != TLS_PEER_OK) {
-		refuse(c, 0);
-		handshake_failed(c, tls_verdict_reason(v));
+		refuse(c, 0, tls_verdict_reason(v));
 		return;
 	}
 	metrics_handshake(c->tun->stats,
@@ -448,17 +470,59 @@ void conn_handshake_step(struct conn *c)
 		log_str(&l, "peer_pin", pin);
 		log_end(&l);
 	}
+	handshaken(c);
+}
+
+/* Client: a pool conn handshaken and checked: ready for a client. */
+static void pooled_enter(struct conn *c)
+{
+	int st = pool_handshaken(c);
+	if (st != 0) {
+		conn_event(c, st);
+		return;
+	}
+	conn_enter(c, PH_POOLED, pool_idle_ms(c));
+	pool_ready(c);
+	st = relay_tls_reading(c);
+	if (st == 0)
+		st = pool_tls_input(c);	/* what came with the handshake */
+	conn_event(c, st);
+	pool_fill(c->tun);
+}
+
+/* Server: the handshake negotiated upseal/1: wait for the preamble. */
+static void preamble_enter(struct conn *c)
+{
+	if (c->tun->stopping) {	/* no backend will be dialed any more */
+		conn_drop(c, REASON_DRAIN);
+		return;
+	}
+	/* No deadline with idle_timeout = 0, as for an open connection. */
+	conn_enter(c, PH_PREAMBLE, conn_cfg(c)->idle_timeout_ms);
+	c->pooled_at = uv_now(conn_loop(c));
+	int st = relay_tls_reading(c);
+	if (st == 0)
+		st = pool_tls_input(c);	/* what came with the handshake */
+	if (st == CONN_NEXT)
+		dial(c);
+	else
+		conn_event(c, st);
+}
+
+/* The handshake passed and the peer is pinned: the next phase. */
+static void handshaken(struct conn *c)
+{
 	if (c->tun->role == CFG_CLIENT) {
 		if (c->pool)
-			pool_handshaken(c);
+			pooled_enter(c);
 		else
-			relay_start(c);
+			relay_enter(c);
 	} else if (preamble_negotiated(&c->io.ssl)) {
 		/* A pool conn: the backend is dialed when a client uses it. */
-		pool_await_preamble(c);
+		preamble_enter(c);
 	} else {
 		/* Only now, with a pinned peer, is the backend dialed. */
-		conn_dial(c);
+		dial(c);
 	}
 }
 
@@ -472,24 +536,29 @@ void conn_settings_changed(struct conn *c)
 		return;
 	conn_errorf(c, "refused after a reload: the peer no longer passes "
 	    "the tunnel's pins or CA");
-	conn_fail(c, tls_verdict_reason(v));
+	conn_drop(c, tls_verdict_reason(v));
 }
 
-static void tls_begin(struct conn *c)
+static void handshake_enter(struct conn *c)
 {
-	c->phase = PH_HANDSHAKE;
+	conn_enter(c, PH_HANDSHAKE, conn_cfg(c)->handshake_timeout_ms);
 	c->hs_started = uv_hrtime();
 	hs_enter(c);
-	conn_phase_timer(c, conn_cfg(c)->handshake_timeout_ms);
 	int rc = tlsio_init(&c->io, c->conf->tls, c->pool, c->error,
 	    sizeof c->error);
-	if (rc != 0) {
-		conn_fail_tls(c, "TLS set-up", rc);
-		return;
-	}
-	relay_tls_reading(c);
-	if (!c->dropped && c->tun->role == CFG_CLIENT)
-		conn_handshake_step(c);	/* sends the ClientHello */
+	int st = rc != 0 ? conn_end_tls(c, "TLS set-up", rc) :
+	    relay_tls_reading(c);
+	if (st != 0)
+		conn_event(c, st);
+	else if (c->tun->role == CFG_CLIENT)
+		handshake_step(c);	/* sends the ClientHello */
+}
+
+/* Both ends are up and the peer is pinned: relay, under idle_timeout. */
+static void relay_enter(struct conn *c)
+{
+	conn_enter(c, PH_RELAY, conn_cfg(c)->idle_timeout_ms);
+	conn_event(c, relay_begin(c));
 }
 
 /* ---- dialing ---- */
@@ -520,9 +589,9 @@ static void on_connected(uv_connect_t *req, int status)
 	}
 	stream_tune(dialed(c), c->tun->role == CFG_CLIENT);
 	if (c->tun->role == CFG_CLIENT)
-		tls_begin(c);
+		handshake_enter(c);
 	else
-		relay_start(c);
+		relay_enter(c);
 }
 
 /* Set up the handle of the end this role dials; NULL (c failed) on error. */
@@ -533,7 +602,7 @@ static union stream *dial_handle(struct conn *c, bool unix_socket)
 	    uv_tcp_init(conn_loop(c), &s->tcp);
 	if (rc != 0) {
 		conn_error_uv(c, "socket", rc);
-		conn_fail(c, REASON_CONNECT_FAILED);
+		conn_drop(c, REASON_CONNECT_FAILED);
 		return NULL;
 	}
 	s->h.data = c;
@@ -584,14 +653,14 @@ static void dial_next(struct conn *c)
 	    backend_refused(c, c->ai_list->ai_addr, why, sizeof why)) {
 		/* None dialed: every address was refused; say so for the first. */
 		conn_errorf(c, "%s", why);
-		conn_fail(c, REASON_CONNECT_FAILED);
+		conn_drop(c, REASON_CONNECT_FAILED);
 		return;
 	}
 	char where[ADDR_TEXT_MAX];
 	addr_format(&conn_cfg(c)->connect, where, sizeof where);
 	conn_errorf(c, "connect %s: %s", where,
 	    c->dial_err ? log_uverr(c->dial_err) : "no address");
-	conn_fail(c, REASON_CONNECT_FAILED);
+	conn_drop(c, REASON_CONNECT_FAILED);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -611,7 +680,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		    conn_cfg(c)->connect.host, log_uverr(status));
 		if (res != NULL)
 			uv_freeaddrinfo(res);
-		conn_fail(c, REASON_RESOLVE_FAILED);
+		conn_drop(c, REASON_RESOLVE_FAILED);
 		return;
 	}
 	c->ai_list = res;
@@ -644,19 +713,22 @@ static void dial_start(struct conn *c)
 	if (rc != 0) {
 		conn_errorf(c, "resolve %s: %s", a->host,
 		    log_uverr(rc));
-		conn_fail(c, REASON_RESOLVE_FAILED);
+		conn_drop(c, REASON_RESOLVE_FAILED);
 		return;
 	}
 	c->resolving = true;
 	c->refs++;
 }
 
-void conn_dial(struct conn *c)
+/* Enter PH_DIAL: dial the end this role dials, under connect_timeout. */
+static void dial(struct conn *c)
 {
-	c->phase = PH_DIAL;
-	relay_tls_reading(c);
-	conn_phase_timer(c, conn_cfg(c)->connect_timeout_ms);
-	dial_start(c);
+	conn_enter(c, PH_DIAL, conn_cfg(c)->connect_timeout_ms);
+	int st = relay_tls_reading(c);	/* off until the backend is up */
+	if (st != 0)
+		conn_event(c, st);
+	else
+		dial_start(c);
 }
 
 /* ---- accepting ---- */
@@ -721,7 +793,7 @@ int conn_accept(struct tunnel *t)
 	    uv_pipe_init(t->loop, &s->pipe, 0);
 	if (rc != 0) {
 		conn_error_uv(c, "accept", rc);
-		conn_fail(c, REASON_ACCEPT_FAILED);
+		conn_drop(c, REASON_ACCEPT_FAILED);
 		return 0;
 	}
 	s->h.data = c;
@@ -730,17 +802,100 @@ int conn_accept(struct tunnel *t)
 	rc = uv_accept(&t->listener.s, &s->s);
 	if (rc != 0) {
 		conn_error_uv(c, "accept", rc);
-		conn_fail(c, REASON_ACCEPT_FAILED);
+		conn_drop(c, REASON_ACCEPT_FAILED);
 		return 0;
 	}
 	describe_peer(c, s);
 	stream_tune(s, t->role == CFG_SERVER);
 
-	if (pooled)
-		pool_handoff(c);
-	else if (t->role == CFG_CLIENT)
-		conn_dial(c);
-	else
-		tls_begin(c);
+	if (pooled) {
+		int st = pool_handoff(c);
+		if (st != 0)
+			conn_event(c, st);
+		else
+			relay_enter(c);	/* the idle timeout starts now */
+	} else if (t->role == CFG_CLIENT) {
+		dial(c);
+	} else {
+		handshake_enter(c);
+	}
 	return 0;
+}
+
+void conn_start_pool(struct conn *c, uint64_t delay_ms)
+{
+	if (delay_ms > 0)
+		conn_enter(c, PH_POOL_WAIT, delay_ms);
+	else
+		dial(c);
+}
+
+void conn_drop_unused(struct tunnel *t, enum reason why)
+{
+	/* conn_drop frees nothing before the loop runs: the list holds. */
+	for (struct conn *c = t->conns; c != NULL; c = c->next) {
+		if (c->dropped || !(c->pool || c->phase == PH_PREAMBLE))
+			continue;
+		int st = c->phase == PH_POOLED ? pool_close_notify(c) : 0;
+		conn_event(c, st);
+		conn_drop(c, why);
+	}
+}
+
+/* ---- the read callbacks ---- */
+
+void conn_on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct conn *c = s->data;
+	if (n != 0 && !c->dropped)
+		conn_event(c, relay_plain_read(c, n, buf));
+}
+
+/* The TLS end's input, in every phase: to whoever the phase says. */
+void conn_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct conn *c = s->data;
+	int st = 0;
+	if (n == 0 || c->dropped)
+		return;
+	if (n == UV_EOF) {
+		tlsio_input(&c->io, NULL, 0);
+		st = relay_tls_reading(c);
+	} else if (n < 0) {
+		conn_error_uv(c, "TLS read", (int)n);
+		st = CONN_END(n == UV_ECONNRESET ? REASON_TLS_RESET :
+		    REASON_TLS_ERROR);
+	} else {
+		conn_touch(c);
+		tlsio_input(&c->io, (const unsigned char *)buf->base,
+		    (size_t)n);
+	}
+	if (st != 0) {
+		conn_event(c, st);
+		return;
+	}
+	switch (c->phase) {
+	case PH_HANDSHAKE:
+		handshake_step(c);
+		break;
+	case PH_RELAY:
+		conn_event(c, relay_tls_input(c));
+		break;
+	case PH_POOLED:
+	case PH_PREAMBLE:
+		st = pool_tls_input(c);
+		if (st == CONN_NEXT)
+			dial(c);
+		else
+			conn_event(c, st);
+		break;
+	default:
+		break;
+	}
+	if (c->dropped)
+		return;
+	st = relay_settle(c);
+	if (st == 0)
+		st = relay_tls_reading(c);
+	conn_event(c, st);
 }

@@ -41,7 +41,7 @@ void conn_drop(struct conn *c, enum reason why);
  * again against the new settings and ended (reason pin_mismatch,
  * chain_invalid, ...) if its peer no longer passes. One still in its
  * handshake is judged against the tunnel's settings when it completes
- * (conn_handshake_step); one that reached its backend keeps going.
+ * (its handshake step); one that reached its backend keeps going.
  */
 void conn_settings_changed(struct conn *c);
 
