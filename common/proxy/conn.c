@@ -207,8 +207,8 @@ static void log_conn_end(struct conn *c, enum reason why, bool refused)
 	log_u64(&l, "worker", c->tun->worker);
 	log_str(&l, "peer", c->peer_text);
 	log_str(&l, "peer_pin", pin[0] ? pin : "-");
-	log_u64(&l, "plain_in", c->plain_in);
-	log_u64(&l, "plain_out", c->plain_out);
+	log_u64(&l, "plain_in", c->p2t.bytes);
+	log_u64(&l, "plain_out", c->t2p.bytes);
 	log_u64(&l, "duration_ms", uv_now(conn_loop(c)) - c->started);
 	log_str(&l, "reason", reason_name(why));
 	if (refused && c->io.peer.has_pin) {
@@ -748,6 +748,11 @@ static void describe_peer(struct conn *c, union stream *s)
 		snprintf(c->peer_text, sizeof c->peer_text, "unknown");
 }
 
+static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void on_written(struct pipe *p, int status);
+static void on_shutdown(struct pipe *p, int status);
+
 struct conn *conn_new(struct tunnel *t)
 {
 	struct conn *c = calloc(1, sizeof *c);
@@ -763,6 +768,10 @@ struct conn *conn_new(struct tunnel *t)
 		t->conns->prev = c;
 	t->conns = c;
 
+	pipe_init(&c->p2t, &c->plain.s, &c->tls.s, on_plain_read, on_written,
+	    on_shutdown, c);
+	pipe_init(&c->t2p, &c->tls.s, &c->plain.s, on_tls_read, on_written,
+	    on_shutdown, c);
 	uv_timer_init(t->loop, &c->timer);
 	c->timer.data = c;
 	c->timer_open = true;
@@ -842,9 +851,9 @@ void conn_drop_unused(struct tunnel *t, enum reason why)
 	}
 }
 
-/* ---- the read callbacks ---- */
+/* ---- the callbacks of the two directions ---- */
 
-void conn_on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
 	struct conn *c = s->data;
 	if (n != 0 && !c->dropped)
@@ -852,7 +861,7 @@ void conn_on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 }
 
 /* The TLS end's input, in every phase: to whoever the phase says. */
-void conn_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+static void on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
 	struct conn *c = s->data;
 	int st = 0;
@@ -898,4 +907,19 @@ void conn_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	if (st == 0)
 		st = relay_tls_reading(c);
 	conn_event(c, st);
+}
+
+/* A write of either direction completed (UV_ECANCELED: c was dropped). */
+static void on_written(struct pipe *p, int status)
+{
+	struct conn *c = p->data;
+	if (!c->dropped)
+		conn_event(c, relay_written(c, p, status));
+}
+
+static void on_shutdown(struct pipe *p, int status)
+{
+	struct conn *c = p->data;
+	if (!c->dropped && status != UV_ECANCELED)
+		conn_event(c, relay_shutdown_done(c, p, status));
 }

@@ -14,16 +14,10 @@
 #include <uv.h>
 
 #include "conn.h"
+#include "pipe.h"
 #include "tls.h"
 #include "tlsio.h"
 #include "tunnel.h"
-
-/*
- * Each direction queues at most RELAY_HIGH bytes (plus one chunk) on its
- * writer before its reader stops; reading resumes below RELAY_LOW.
- */
-#define RELAY_HIGH (256 * 1024)
-#define RELAY_LOW (64 * 1024)
 
 /*
  * PH_POOL_WAIT, PH_POOLED: a client's pool connection waiting out a
@@ -57,13 +51,15 @@ struct conn {
 	/* TLS: the mbedTLS context, its BIO and read/write loop. */
 	struct tlsio io;
 
-	/* Relay. */
-	size_t plain_queued, tls_queued;	/* bytes in writes not yet done */
-	bool plain_reading, tls_reading;
-	bool p2t_eof, p2t_done;		/* plaintext EOF: close_notify sent, flushed */
-	bool t2p_eof, t2p_done;		/* close_notify got: FIN sent, flushed */
-	uv_shutdown_t plain_shut, tls_shut;
-	uint64_t plain_in, plain_out;
+	/*
+	 * The two directions (pipe.h). p2t reads the plaintext end and
+	 * writes the TLS end (every record: the handshake's and alerts too);
+	 * its EOF is the plaintext FIN, passed on as close_notify and our
+	 * FIN; its bytes are plain_in. t2p reads the TLS end (in every
+	 * phase) and writes the plaintext end; its EOF is close_notify,
+	 * passed on as a FIN; its bytes are plain_out.
+	 */
+	struct pipe p2t, t2p;
 	uint64_t started, last_active;	/* uv_now, ms */
 	uint64_t hs_started;		/* uv_hrtime, ns */
 	/* Server: counted in stats->handshaking, linked in tun's hs list. */
@@ -139,9 +135,6 @@ void conn_error_uv(struct conn *c, const char *what, int err);
 void conn_error_tls(struct conn *c, const char *what, int err);
 /* Record the mbedTLS error err in what; CONN_END(nomem or tls_error). */
 int conn_end_tls(struct conn *c, const char *what, int err);
-/* The read callbacks of the two ends (relay.c starts and stops reads). */
-void conn_on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
-void conn_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 /* Note activity for the idle timeout. */
 void conn_touch(struct conn *c);
 /*
@@ -185,8 +178,10 @@ int relay_tls_input(struct conn *c);
 int relay_plain_read(struct conn *c, ssize_t n, const uv_buf_t *buf);
 /* After processing TLS input: keep what mbedTLS did not take. */
 int relay_settle(struct conn *c);
-/* The buffer every read of this thread goes into (libuv alloc callback). */
-void relay_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+/* A write of pipe p (c->p2t or c->t2p) completed with status. */
+int relay_written(struct conn *c, struct pipe *p, int status);
+/* The shutdown of pipe p's write side completed with status. */
+int relay_shutdown_done(struct conn *c, struct pipe *p, int status);
 
 /* pool.c (the public part is in pool.h) */
 

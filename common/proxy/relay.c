@@ -1,66 +1,33 @@
 /*
  * relay: the bytes of an established connection: the TLS end's socket
- * under tlsio (tls layer), both directions with their bounded queues,
- * half-close and truncation. The connection's life (dial, handshake,
- * teardown) is in conn.c; the struct and the functions the two share are
- * in conn_int.h.
+ * under tlsio (tls layer), both directions (two pipes, pipe.h) with their
+ * bounded queues, half-close and truncation. It ends nothing: every
+ * function that may end the connection returns a status for conn.c
+ * (conn_int.h), which owns the callbacks and the phase.
  */
 #include <errno.h>
-#include <stdlib.h>
 #include <sys/socket.h>
-#include <string.h>
 
 #include "conn_int.h"
 #include "log.h"
-
-/*
- * Reads are consumed before the read callback returns (plaintext is
- * encrypted at once; ciphertext mbedTLS left is copied by tlsio_settle),
- * so one buffer per thread serves every connection.
- */
-static _Thread_local unsigned char read_buf[CHUNK_READ];
-
-static int tls_drain(struct conn *c);
-
-void relay_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-	(void)h;
-	(void)suggested;
-	buf->base = (char *)read_buf;
-	buf->len = sizeof read_buf;
-}
 
 void conn_release_buffers(void)
 {
 	chunk_release_spares();
 }
 
-/* One queued write: the request and the chunk it sends. */
-struct wreq {
-	uv_write_t req;
-	struct conn *c;
-	struct chunk *ch;
-};
-
 /* ---- reading on and off ---- */
 
-/*
- * Start or stop reading end s (*reading says which it does now); a libuv
- * error is CONN_END(why).
- */
-static int set_reading(struct conn *c, union stream *s, bool on,
-    uv_read_cb cb, bool *reading, enum reason why)
+/* Start or stop reading p's source; a libuv error is CONN_END(why). */
+static int pipe_reading(struct conn *c, struct pipe *p, bool on,
+    enum reason why)
 {
-	if (on == *reading)
-		return 0;
-	int rc = on ? uv_read_start(&s->s, relay_alloc, cb) :
-	    uv_read_stop(&s->s);
+	int rc = pipe_read(p, on);
 	if (rc != 0) {
-		conn_error_uv(c, s == &c->tls ? "TLS read" : "plaintext read",
+		conn_error_uv(c, p == &c->t2p ? "TLS read" : "plaintext read",
 		    rc);
 		return CONN_END(why);
 	}
-	*reading = on;
 	return 0;
 }
 
@@ -68,91 +35,33 @@ static int plain_reading(struct conn *c, bool on)
 {
 	if (!c->plain_open)
 		return 0;
-	return set_reading(c, &c->plain, on, conn_on_plain_read,
-	    &c->plain_reading, REASON_PLAIN_ERROR);
+	return pipe_reading(c, &c->p2t, on, REASON_PLAIN_ERROR);
 }
 
-/* Read the TLS end exactly when there is somewhere for the bytes to go. */
+/*
+ * Read the TLS end exactly when there is somewhere for the bytes to go
+ * (the pipe itself refuses while the plaintext end is full or after
+ * close_notify).
+ */
 int relay_tls_reading(struct conn *c)
 {
 	bool want;
-	if (c->dropped || !c->tls_open)
+	if (!c->tls_open)
 		return 0;
 	switch (c->phase) {
 	case PH_HANDSHAKE:
 	case PH_POOLED:
 	case PH_PREAMBLE:
-		want = tlsio_wants_input(&c->io);
-		break;
 	case PH_RELAY:
-		want = tlsio_wants_input(&c->io) && !c->t2p_eof &&
-		    c->plain_queued < RELAY_HIGH;
+		want = tlsio_wants_input(&c->io);
 		break;
 	default:
 		want = false;
 	}
-	return set_reading(c, &c->tls, want, conn_on_tls_read,
-	    &c->tls_reading, REASON_TLS_ERROR);
+	return pipe_reading(c, &c->t2p, want, REASON_TLS_ERROR);
 }
 
 /* ---- writing ---- */
-
-/*
- * Write ch on s, first with uv_try_write: when nothing is queued there
- * (libuv refuses otherwise, so the order holds), a record or a chunk
- * usually goes out in that one write(2), with no request. A uv_write that
- * completes makes libuv stop and re-arm the descriptor's epoll interest,
- * one more system call per message on each side (strace of the ping-pong
- * test). What the socket does not take (or an error, which uv_write then
- * reports through cb) goes to uv_write. ch is taken. Returns 0 (then
- * *queued grew by what stays queued), or a negative libuv code.
- */
-static int stream_write(struct conn *c, uv_stream_t *s, struct chunk *ch,
-    uv_write_cb cb, size_t *queued)
-{
-	uv_buf_t b = uv_buf_init((char *)ch->data, (unsigned)ch->len);
-	int n = uv_try_write(s, &b, 1);
-	if (n == (int)ch->len) {
-		chunk_free(ch);
-		return 0;
-	}
-	if (n > 0) {	/* the rest, in place: ch->len is what stays queued */
-		ch->len -= (size_t)n;
-		memmove(ch->data, ch->data + n, ch->len);
-		b = uv_buf_init((char *)ch->data, (unsigned)ch->len);
-	}
-	struct wreq *w = malloc(sizeof *w);
-	if (w == NULL) {
-		chunk_free(ch);
-		return UV_ENOMEM;
-	}
-	w->c = c;
-	w->ch = ch;
-	w->req.data = w;
-	int rc = uv_write(&w->req, s, &b, 1, cb);
-	if (rc != 0) {
-		chunk_free(ch);
-		free(w);
-		return rc;
-	}
-	*queued += ch->len;
-	return 0;
-}
-
-/*
- * A queued write completed (or failed, or was cancelled by the close):
- * free it and count it off. Returns c if it is still live; NULL if it
- * was dropped (nothing more to do).
- */
-static struct conn *write_done(uv_write_t *req, bool tls)
-{
-	struct wreq *w = req->data;
-	struct conn *c = w->c;
-	*(tls ? &c->tls_queued : &c->plain_queued) -= w->ch->len;
-	chunk_free(w->ch);
-	free(w);
-	return c->dropped ? NULL : c;
-}
 
 static int write_failed(struct conn *c, int status, bool tls)
 {
@@ -162,32 +71,16 @@ static int write_failed(struct conn *c, int status, bool tls)
 	    reset ? REASON_PLAIN_RESET : REASON_PLAIN_ERROR);
 }
 
-static int tls_written(struct conn *c, int status)
-{
-	if (status < 0)
-		return write_failed(c, status, true);
-	if (c->phase == PH_RELAY && !c->p2t_eof && c->tls_queued < RELAY_LOW)
-		return plain_reading(c, true);
-	return 0;
-}
-
-static void on_tls_written(uv_write_t *req, int status)
-{
-	struct conn *c = write_done(req, true);
-	if (c != NULL)
-		conn_event(c, tls_written(c, status));
-}
-
 int relay_flush_tls(struct conn *c)
 {
 	struct chunk *ch = tlsio_take_out(&c->io);
 	if (ch == NULL)
 		return 0;
-	if (c->dropped || !c->tls_open) {
+	if (!c->tls_open) {
 		chunk_free(ch);
 		return 0;
 	}
-	int rc = stream_write(c, &c->tls.s, ch, on_tls_written, &c->tls_queued);
+	int rc = pipe_write(&c->p2t, ch);
 	if (rc < 0) {
 		conn_error_uv(c, "TLS write", rc);
 		return CONN_END(REASON_TLS_ERROR);
@@ -208,78 +101,52 @@ int relay_settle(struct conn *c)
 
 /* ---- relay ---- */
 
-static int plain_written(struct conn *c, int status)
+static int tls_drain(struct conn *c);
+
+int relay_written(struct conn *c, struct pipe *p, int status)
 {
 	if (status < 0)
-		return write_failed(c, status, false);
-	if (c->plain_queued < RELAY_LOW && !c->t2p_eof) {
+		return write_failed(c, status, p == &c->p2t);
+	if (p == &c->p2t)	/* records left: the plaintext may go on */
+		return c->phase == PH_RELAY ? plain_reading(c, true) : 0;
+	if (pipe_below_low(p) && !p->eof) {
 		int st = tls_drain(c);
 		return st != 0 ? st : relay_settle(c);
 	}
 	return 0;
 }
 
-static void on_plain_written(uv_write_t *req, int status)
+int relay_shutdown_done(struct conn *c, struct pipe *p, int status)
 {
-	struct conn *c = write_done(req, false);
-	if (c != NULL)
-		conn_event(c, plain_written(c, status));
-}
-
-/* Both directions have ended cleanly: the connection is done. */
-static int maybe_finish(struct conn *c)
-{
-	return c->p2t_done && c->t2p_done ? CONN_END(REASON_CLOSED) : 0;
-}
-
-static int plain_shut(struct conn *c, int status)
-{
-	if (status < 0) {
+	if (p == &c->t2p && status < 0) {
 		conn_error_uv(c, "plaintext shutdown", status);
 		return CONN_END(REASON_PLAIN_ERROR);
 	}
-	c->t2p_done = true;
-	return maybe_finish(c);
-}
-
-static void on_plain_shutdown(uv_shutdown_t *req, int status)
-{
-	struct conn *c = req->data;
-	if (!c->dropped && status != UV_ECANCELED)
-		conn_event(c, plain_shut(c, status));
-}
-
-static int tls_shut(struct conn *c, int status)
-{
-	if (status == UV_ENOTCONN && c->t2p_eof) {
-		/*
-		 * The peer sent close_notify and then closed outright (as
-		 * TLS 1.2 allows): nothing is left to say to it. Done.
-		 */
+	/*
+	 * The peer sent close_notify and then closed outright (as TLS 1.2
+	 * allows): nothing is left to say to it. Done.
+	 */
+	if (p == &c->p2t && status == UV_ENOTCONN && c->t2p.eof)
 		status = 0;
-	}
 	if (status < 0) {
 		conn_error_uv(c, "TLS shutdown", status);
 		return CONN_END(status == UV_ENOTCONN || status == UV_ECONNRESET ||
 		    status == UV_EPIPE ? REASON_TLS_RESET : REASON_TLS_ERROR);
 	}
-	c->p2t_done = true;
-	return maybe_finish(c);
-}
-
-static void on_tls_shutdown(uv_shutdown_t *req, int status)
-{
-	struct conn *c = req->data;
-	if (!c->dropped && status != UV_ECANCELED)
-		conn_event(c, tls_shut(c, status));
+	p->done = true;
+	/* Both directions have ended cleanly: the connection is done. */
+	return c->p2t.done && c->t2p.done ? CONN_END(REASON_CLOSED) : 0;
 }
 
 /* close_notify arrived: pass the FIN on, after what is queued. */
 static int t2p_end(struct conn *c)
 {
-	c->t2p_eof = true;
-	c->plain_shut.data = c;
-	int rc = uv_shutdown(&c->plain_shut, &c->plain.s, on_plain_shutdown);
+	int rc = pipe_end(&c->t2p);
+	if (rc != 0) {
+		conn_error_uv(c, "TLS read", rc);
+		return CONN_END(REASON_TLS_ERROR);
+	}
+	rc = pipe_shutdown(&c->t2p);
 	if (rc != 0) {
 		conn_error_uv(c, "plaintext shutdown", rc);
 		return CONN_END(REASON_PLAIN_ERROR);
@@ -290,16 +157,17 @@ static int t2p_end(struct conn *c)
 /* The plaintext end sent its FIN: send close_notify, then our FIN. */
 static int p2t_end(struct conn *c)
 {
-	c->p2t_eof = true;
-	int st = plain_reading(c, false);
-	if (st != 0)
-		return st;
+	int rc = pipe_end(&c->p2t);
+	if (rc != 0) {
+		conn_error_uv(c, "plaintext read", rc);
+		return CONN_END(REASON_PLAIN_ERROR);
+	}
 	if (tlsio_close_notify(&c->io) != 0)
 		return CONN_END(REASON_TLS_ERROR);
-	if ((st = relay_flush_tls(c)) != 0)
+	int st = relay_flush_tls(c);
+	if (st != 0)
 		return st;
-	c->tls_shut.data = c;
-	int rc = uv_shutdown(&c->tls_shut, &c->tls.s, on_tls_shutdown);
+	rc = pipe_shutdown(&c->p2t);
 	if (rc != 0) {
 		conn_error_uv(c, "TLS shutdown", rc);
 		return CONN_END(REASON_TLS_ERROR);
@@ -311,13 +179,12 @@ static int p2t_end(struct conn *c)
 static int plain_write(struct conn *c, struct chunk *ch)
 {
 	size_t len = ch->len;
-	int rc = stream_write(c, &c->plain.s, ch, on_plain_written,
-	    &c->plain_queued);
+	int rc = pipe_write(&c->t2p, ch);
 	if (rc < 0) {
 		conn_error_uv(c, "plaintext write", rc);
 		return CONN_END(REASON_PLAIN_ERROR);
 	}
-	c->plain_out += len;
+	c->t2p.bytes += len;
 	STAT_ADD(c->tun->stats->bytes_out, len);
 	return 0;
 }
@@ -325,14 +192,13 @@ static int plain_write(struct conn *c, struct chunk *ch)
 /*
  * Decrypt everything mbedTLS can give (from its own buffer and from the
  * input tlsio holds) into writes on the plaintext end, until it wants
- * more input or the plaintext end has RELAY_HIGH bytes queued.
+ * more input or the plaintext end is full (the t2p pipe is held).
  */
 static int tls_drain(struct conn *c)
 {
 	enum tlsio_status st = TLSIO_MORE;
 	int rc = 0;
-	while (st == TLSIO_MORE && !c->t2p_eof &&
-	    c->plain_queued < RELAY_HIGH) {
+	while (st == TLSIO_MORE && !c->t2p.eof && !c->t2p.held) {
 		struct chunk *ch = chunk_new(CHUNK_CAP);
 		if (ch == NULL)
 			return CONN_END(REASON_NOMEM);
@@ -391,16 +257,14 @@ int relay_plain_read(struct conn *c, ssize_t n, const uv_buf_t *buf)
 		    REASON_PLAIN_ERROR);
 	}
 	conn_touch(c);
-	c->plain_in += (uint64_t)n;
+	c->p2t.bytes += (uint64_t)n;
 	STAT_ADD(c->tun->stats->bytes_in, (uint64_t)n);
 	enum reason why;
 	if (tlsio_write(&c->io, (const unsigned char *)buf->base, (size_t)n,
 	    &why) == TLSIO_FAIL)
 		return CONN_END(why);
-	int st = relay_flush_tls(c);
-	if (st == 0 && c->tls_queued >= RELAY_HIGH)
-		st = plain_reading(c, false);
-	return st;
+	/* At PIPE_HIGH queued on the TLS end, the pipe stops reading. */
+	return relay_flush_tls(c);
 }
 
 int relay_begin(struct conn *c)
