@@ -15,12 +15,9 @@
 #include "pool.h"
 #include "preamble.h"
 
-static _Atomic uint64_t next_conn_id;
-static _Atomic uint64_t open_conns;
-
-uint64_t conn_open_count(void)
+uint64_t conn_open_count(struct conn_counters *cc)
 {
-	return atomic_load_explicit(&open_conns, memory_order_relaxed);
+	return atomic_load_explicit(&cc->open, memory_order_relaxed);
 }
 
 static void dial_next(struct conn *c);
@@ -162,7 +159,8 @@ static void conn_free(struct conn *c)
 	if (pooled) {
 		tunnel_pool_conn_freed(t);
 	} else {
-		atomic_fetch_sub_explicit(&open_conns, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&t->counters->open, 1,
+		    memory_order_relaxed);
 		tunnel_conn_freed(t);
 	}
 }
@@ -760,7 +758,7 @@ struct conn *conn_new(struct tunnel *t)
 		return NULL;
 	c->tun = t;
 	c->conf = tunnel_conf_hold(t->conf);
-	c->id = atomic_fetch_add(&next_conn_id, 1) + 1;
+	c->id = atomic_fetch_add(&t->counters->next_id, 1) + 1;
 	c->started = uv_now(t->loop);
 	snprintf(c->peer_text, sizeof c->peer_text, "-");
 	c->next = t->conns;
@@ -793,7 +791,7 @@ int conn_accept(struct tunnel *t)
 	}
 	c->started = uv_now(t->loop);
 	t->live++;
-	atomic_fetch_add_explicit(&open_conns, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&t->counters->open, 1, memory_order_relaxed);
 	STAT_ADD(t->stats->accepted, 1);
 
 	union stream *s = t->role == CFG_CLIENT ? &c->plain : &c->tls;

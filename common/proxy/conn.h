@@ -12,6 +12,7 @@
 #ifndef UPSEAL_CONN_H
 #define UPSEAL_CONN_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "reason.h"
@@ -57,8 +58,19 @@ void conn_settings_changed(struct conn *c);
 #define CONN_SHED_AGE_MS 1000
 int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms);
 
-/* Connections open in this process now, on every worker. */
-uint64_t conn_open_count(void);
+/*
+ * The process's connection counters, shared by every worker: the next
+ * connection id (ids are unique in the process) and the accepted
+ * connections not yet freed. The daemon owns one and hands it to every
+ * tunnel_start; it must outlive every tunnel.
+ */
+struct conn_counters {
+	_Atomic uint64_t next_id;
+	_Atomic uint64_t open;
+};
+
+/* Connections open now, on every worker that counts in cc. */
+uint64_t conn_open_count(struct conn_counters *cc);
 
 /* Free this thread's recycled write buffers (at exit, for leak checks). */
 void conn_release_buffers(void);

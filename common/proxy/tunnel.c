@@ -354,8 +354,8 @@ static void pause_listener(struct tunnel *t, int status)
 
 int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
     enum cfg_role role, struct tunnel_stats *stats, struct listen_fds *l,
-    const struct tunnel_waker *waker, struct tunnel **out, char *err,
-    size_t errlen)
+    const struct tunnel_waker *waker, struct conn_counters *counters,
+    struct tunnel **out, char *err, size_t errlen)
 {
 	const struct cfg_tunnel *cfg = conf->cfg;
 	int fd = l->fd[worker];
@@ -373,6 +373,7 @@ int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
 	t->stats = tunnel_stats_hold(stats);
 	t->role = role;
 	t->waker = waker;
+	t->counters = counters;
 	t->owns_path = worker == 0;
 	t->spare_fd = -1;
 	snprintf(t->listen_text, sizeof t->listen_text, "%s", l->text);
@@ -499,9 +500,8 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 	}
 }
 
-void tunnel_drop_all(struct tunnel *t, const char *reason)
+void tunnel_drop_all(struct tunnel *t, enum reason why)
 {
-	enum reason why = reason_parse(reason);
 	/* conn_drop frees nothing before the loop runs: the list holds. */
 	for (struct conn *c = t->conns; c != NULL; c = conn_next(c))
 		conn_drop(c, why);

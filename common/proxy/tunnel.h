@@ -14,9 +14,11 @@
 #include "config.h"
 #include "listeners.h"
 #include "metrics.h"
+#include "reason.h"
 #include "tls.h"
 
 struct conn;
+struct conn_counters;
 
 /*
  * How a tunnel wakes another worker that held back an accept (at
@@ -91,6 +93,7 @@ struct tunnel {
 	void (*on_empty)(struct tunnel *t);
 	void *data;			/* the daemon's */
 	const struct tunnel_waker *waker;	/* the daemon's, or NULL */
+	struct conn_counters *counters;	/* the daemon's (conn.h) */
 	/*
 	 * Counters, shared by this tunnel's copies on every worker and with
 	 * the tunnel of the same name that a reload moved to another
@@ -138,14 +141,16 @@ void tunnel_conf_release(struct tunnel_conf *tc);
  * Create worker's copy of a tunnel with settings conf and counters stats
  * (it takes a reference to both) on loop, listening on l->fd[worker]
  * (taken: set to -1). waker (may be NULL; not copied: it must outlive the
- * tunnel) wakes the other workers when this one frees a place. On error
- * returns -1 and writes what went wrong into err; nothing is left open
- * (the socket is closed on the next loop turn).
+ * tunnel) wakes the other workers when this one frees a place. counters
+ * (not copied: it must outlive the tunnel) numbers and counts its
+ * connections, those of its pool from here on. On error returns -1 and
+ * writes what went wrong into err; nothing is left open (the socket is
+ * closed on the next loop turn).
  */
 int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
     enum cfg_role role, struct tunnel_stats *stats, struct listen_fds *l,
-    const struct tunnel_waker *waker, struct tunnel **out, char *err,
-    size_t errlen);
+    const struct tunnel_waker *waker, struct conn_counters *counters,
+    struct tunnel **out, char *err, size_t errlen);
 
 /* Say that the tunnel listens (and what allow_remote exposes). */
 void tunnel_log_start(const struct cfg_tunnel *cfg, enum cfg_role role,
@@ -171,8 +176,8 @@ static inline const struct cfg_tunnel *tunnel_cfg(const struct tunnel *t)
  */
 void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t));
 
-/* Drop every live connection with reason (e.g. "drain"). */
-void tunnel_drop_all(struct tunnel *t, const char *reason);
+/* Drop every live connection for why (REASON_DRAIN, REASON_NOMEM). */
+void tunnel_drop_all(struct tunnel *t, enum reason why);
 
 /* Free a stopped tunnel whose connections and listener are all closed. */
 void tunnel_free(struct tunnel *t);
