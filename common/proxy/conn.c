@@ -14,6 +14,7 @@
 #include "log.h"
 #include "pool.h"
 #include "preamble.h"
+#include "tunnel_int.h"
 
 uint64_t conn_open_count(struct conn_counters *cc)
 {

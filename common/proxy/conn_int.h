@@ -97,7 +97,7 @@ struct conn {
 
 static inline uv_loop_t *conn_loop(struct conn *c)
 {
-	return c->tun->loop;
+	return tunnel_loop(c->tun);
 }
 
 static inline const struct cfg_tunnel *conn_cfg(struct conn *c)

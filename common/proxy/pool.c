@@ -21,6 +21,7 @@
 #include "log.h"
 #include "pool.h"
 #include "preamble.h"
+#include "tunnel_int.h"
 
 /* Refill failures: wait 1 s, doubling up to 30 s, between attempts. */
 #define POOL_BACKOFF_MIN_MS 1000

@@ -185,7 +185,7 @@ static int plain_write(struct conn *c, struct chunk *ch)
 		return CONN_END(REASON_PLAIN_ERROR);
 	}
 	c->t2p.bytes += len;
-	STAT_ADD(c->tun->stats->bytes_out, len);
+	STAT_ADD(tunnel_stats(c->tun)->bytes_out, len);
 	return 0;
 }
 
@@ -258,7 +258,7 @@ int relay_plain_read(struct conn *c, ssize_t n, const uv_buf_t *buf)
 	}
 	conn_touch(c);
 	c->p2t.bytes += (uint64_t)n;
-	STAT_ADD(c->tun->stats->bytes_in, (uint64_t)n);
+	STAT_ADD(tunnel_stats(c->tun)->bytes_in, (uint64_t)n);
 	enum reason why;
 	if (tlsio_write(&c->io, (const unsigned char *)buf->base, (size_t)n,
 	    &why) == TLSIO_FAIL)

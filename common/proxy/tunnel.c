@@ -1,4 +1,5 @@
 #include "tunnel.h"
+#include "tunnel_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -593,4 +594,14 @@ bool tunnel_is_listening(const struct tunnel *t)
 bool tunnel_listener_open(const struct tunnel *t)
 {
 	return t->listener_open;
+}
+
+const struct cfg_tunnel *tunnel_cfg(const struct tunnel *t)
+{
+	return t->conf->cfg;
+}
+
+uv_loop_t *tunnel_loop(const struct tunnel *t)
+{
+	return t->loop;
 }
