@@ -1,3 +1,34 @@
+/*
+ * conn: the life of one proxied connection, as a state machine (conn.h
+ * says what it owns, conn_int.h the rule that keeps it in this file).
+ *
+ * Why a machine with one owner: a connection is driven by up to six
+ * kinds of event (two read streams, their writes and shutdowns, a
+ * resolver, a dial, one timer) and each may end it. When every module
+ * could end it, each had to re-check, after every call, whether the
+ * connection it was holding still existed; now relay.c and pool.c
+ * report, conn.c decides, and a drop never lands under a caller's feet.
+ *
+ * The phases, and who moves a connection on (all through conn_enter):
+ *   accept (client)   -> DIAL, or RELAY at once with a ready pool conn
+ *   accept (server)   -> HANDSHAKE
+ *   pool_fill         -> DIAL, or POOL_WAIT while backing off
+ *   POOL_WAIT  timer  -> DIAL
+ *   DIAL       dialed -> HANDSHAKE (client: the TLS end), RELAY (server)
+ *   HANDSHAKE  done   -> RELAY (client), POOLED (client pool conn),
+ *                        PREAMBLE (server, upseal/1), DIAL (server)
+ *   PREAMBLE   byte   -> DIAL
+ *   POOLED     taken  -> RELAY (conn_accept hands it a plaintext end)
+ * Every phase ends early on its timer (connect, handshake, idle,
+ * pool_idle) or on an error, and RELAY ends when both pipes have passed
+ * their EOF on: all through conn_drop, which is not a phase but a flag
+ * (dropped) that the callbacks still in flight check on arrival.
+ *
+ * The timer is per phase for a reason: each phase has one thing it
+ * waits for, and a peer that never sends it must cost a slot only that
+ * long (a silent TLS client, a backend that never answers, a pool conn
+ * nobody takes).
+ */
 #include "conn.h"
 
 #include <netdb.h>
@@ -28,34 +59,6 @@ static void dial_next(struct conn *c);
 void conn_touch(struct conn *c)
 {
 	c->last_active = uv_now(conn_loop(c));
-}
-
-/* Record the detail that the conn_end line will carry as error=. */
-void conn_errorf(struct conn *c, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(c->error, sizeof c->error, fmt, ap);
-	va_end(ap);
-}
-
-void conn_error_uv(struct conn *c, const char *what, int err)
-{
-	conn_errorf(c, "%s: %s", what, log_uverr(err));
-}
-
-void conn_error_tls(struct conn *c, const char *what, int err)
-{
-	char msg[160];
-	conn_errorf(c, "%s: %s", what,
-	    log_tlserr(err, msg, sizeof msg));
-}
-
-int conn_end_tls(struct conn *c, const char *what, int err)
-{
-	conn_error_tls(c, what, err);
-	return CONN_END(err == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
-	    REASON_TLS_ERROR);
 }
 
 /* The end this role dials: TLS for the client, plaintext for the server. */
@@ -187,38 +190,6 @@ static void close_handle(uv_handle_t *h, bool *open)
 	uv_close(h, on_closed);
 }
 
-/*
- * The one line a connection leaves. A refused peer's carries, besides the
- * short peer_pin, the full presented_pin of the key it showed, so that an
- * operator can add it on purpose.
- */
-static void log_conn_end(struct conn *c, enum reason why, bool refused)
-{
-	struct log_line l;
-	char pin[PIN_TEXT_MAX] = "";
-	log_begin(&l, reason_info(why)->level, "conn_end");
-	if (!l.on)
-		return;
-	if (c->io.peer.has_pin)
-		pin_format_short(&c->io.peer.pin, pin);
-	log_str(&l, "tunnel", conn_cfg(c)->name);
-	log_u64(&l, "id", c->id);
-	log_u64(&l, "worker", c->tun->worker);
-	log_str(&l, "peer", c->peer_text);
-	log_str(&l, "peer_pin", pin[0] ? pin : "-");
-	log_u64(&l, "plain_in", c->p2t.bytes);
-	log_u64(&l, "plain_out", c->t2p.bytes);
-	log_u64(&l, "duration_ms", uv_now(conn_loop(c)) - c->started);
-	log_str(&l, "reason", reason_name(why));
-	if (refused && c->io.peer.has_pin) {
-		pin_format(&c->io.peer.pin, pin);
-		log_str(&l, "presented_pin", pin);
-	}
-	if (c->error[0])
-		log_str(&l, "error", c->error);
-	log_end(&l);
-}
-
 static void end(struct conn *c, enum reason why, bool refused)
 {
 	if (c->dropped)
@@ -230,7 +201,7 @@ static void end(struct conn *c, enum reason why, bool refused)
 		/* Not a client's connection (yet): the pool logs and counts it. */
 		pool_ended(c, why);
 	} else {
-		log_conn_end(c, why, refused);
+		verdict_log_end(c, why, refused);
 		STAT_ADD(st->closed[reason_metric(why)], 1);
 	}
 	if (c->phase == PH_DIAL && reason_info(why)->connect_failure)
@@ -323,97 +294,14 @@ static void on_timer(uv_timer_t *timer)
 
 /* ---- handshake ---- */
 
-static enum reason handshake_reason(struct conn *c, int rc)
-{
-	if (c->io.peer.verdict != TLS_PEER_OK)
-		return tls_verdict_reason(c->io.peer.verdict);
-	if (c->io.alert_sent == MBEDTLS_SSL_ALERT_MSG_NO_APPLICATION_PROTOCOL &&
-	    c->tun->role == CFG_SERVER) {
-		conn_errorf(c, "the client offered ALPN protocols but not "
-		    PREAMBLE_ALPN "; connect without ALPN (openssl s_client "
-		    "without -alpn, curl --no-alpn) or through upseal-client");
-		return REASON_NO_APPLICATION_PROTOCOL;
-	}
-	if (c->io.saw_bytes && c->io.first_byte != 0x16 &&
-	    c->tun->role == CFG_SERVER) {
-		snprintf(c->error, sizeof c->error,
-		    "the peer did not speak TLS (first byte 0x%02x%s)",
-		    c->io.first_byte, c->io.first_byte >= 'A' && c->io.first_byte <= 'Z' ?
-		    ", looks like plaintext" : "");
-		return REASON_NOT_TLS;
-	}
-	switch (rc) {
-	case MBEDTLS_ERR_SSL_CONN_EOF:
-		conn_errorf(c, "the peer closed the "
-		    "connection during the handshake");
-		return REASON_HANDSHAKE_EOF;
-	case COMPAT_ERR_PROTOCOL_VERSION:
-		conn_error_tls(c, "handshake", rc);
-		return REASON_PROTOCOL_VERSION;
-	case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE:
-		conn_errorf(c, "the peer sent a fatal "
-		    "alert (it may not pin our key)");
-		return REASON_PEER_ALERT;
-	default:
-		conn_error_tls(c, "handshake", rc);
-		return REASON_HANDSHAKE_FAILED;
-	}
-}
-
 /*
- * The fatal alert that tells a peer we refuse why, for the refusals
- * mbedTLS makes without sending one (it returns the error and leaves the
- * peer with a bare close), and for our own after the handshake. rc: the
- * handshake's error, or 0 when the peer check (v) refused a completed
- * handshake. 0: send nothing (the peer left, or already told us why).
- */
-static unsigned char refusal_alert(int rc, enum tls_verdict v)
-{
-	switch (rc) {
-	case 0:
-		/*
-		 * RFC 5246 7.4.6: a server that requires a client certificate
-		 * and gets none answers handshake_failure. A certificate that
-		 * was presented (and, resumed, is not re-verified) but whose
-		 * key the pins or the CA now refuse is 7.2.2's access_denied:
-		 * "a valid certificate was received, but when access control
-		 * was applied, the sender decided not to proceed".
-		 */
-		return v == TLS_PEER_NO_CERT ?
-		    MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE :
-		    MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED;
-	case MBEDTLS_ERR_SSL_CONN_EOF:
-	case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE:
-		return 0;
-	case MBEDTLS_ERR_SSL_UNEXPECTED_MESSAGE:
-		return MBEDTLS_SSL_ALERT_MSG_UNEXPECTED_MESSAGE;
-	/* A CertificateVerify whose signature does not verify (7.2.2). */
-	case MBEDTLS_ERR_ECP_VERIFY_FAILED:
-	case MBEDTLS_ERR_PK_SIG_LEN_MISMATCH:
-		return MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR;
-	case COMPAT_ERR_ILLEGAL_PARAMETER:
-		return MBEDTLS_SSL_ALERT_MSG_ILLEGAL_PARAMETER;
-	case MBEDTLS_ERR_SSL_ALLOC_FAILED:
-	case MBEDTLS_ERR_SSL_INTERNAL_ERROR:
-		return MBEDTLS_SSL_ALERT_MSG_INTERNAL_ERROR;
-	}
-	/* An ECDSA signature whose DER does not parse: still decrypt_error. */
-	if ((-rc & 0xff80) == -MBEDTLS_ERR_ECP_BAD_INPUT_DATA && (-rc & 0x7f))
-		return MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR;
-	/* A handshake message that does not parse. */
-	if (compat_err_is_decode(rc))
-		return MBEDTLS_SSL_ALERT_MSG_DECODE_ERROR;
-	return MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE;
-}
-
-/*
- * A refused peer or a failed handshake (rc: as refusal_alert's): the
+ * A refused peer or a failed handshake (rc: as verdict_alert's): the
  * alert that says why unless mbedTLS sent one in this handshake, then one
  * conn_end line, with the key.
  */
 static void refuse(struct conn *c, int rc, enum reason why)
 {
-	unsigned char desc = refusal_alert(rc, c->io.peer.verdict);
+	unsigned char desc = verdict_alert(rc, c->io.peer.verdict);
 	if (desc != 0 && !c->io.alert_out) {
 		int st = relay_send_alert(c, desc);
 		if (st != 0) {
@@ -440,7 +328,7 @@ static void handshake_step(struct conn *c)
 	if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
 		return;
 	if (rc != 0) {
-		enum reason why = handshake_reason(c, rc);
+		enum reason why = verdict_handshake(c, rc);
 		refuse(c, rc, why);
 		return;
 	}
@@ -732,21 +620,6 @@ static void dial(struct conn *c)
 
 /* ---- accepting ---- */
 
-static void describe_peer(struct conn *c, union stream *s)
-{
-	if (s->h.type != UV_TCP) {
-		snprintf(c->peer_text, sizeof c->peer_text, "unix");
-		return;
-	}
-	struct sockaddr_storage ss;
-	int len = sizeof ss;
-	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) == 0)
-		addr_format_sockaddr((struct sockaddr *)&ss, c->peer_text,
-		    sizeof c->peer_text);
-	else
-		snprintf(c->peer_text, sizeof c->peer_text, "unknown");
-}
-
 static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void on_written(struct pipe *p, int status);
@@ -813,7 +686,7 @@ int conn_accept(struct tunnel *t)
 		conn_drop(c, REASON_ACCEPT_FAILED);
 		return 0;
 	}
-	describe_peer(c, s);
+	verdict_describe_peer(c, s);
 	stream_tune(s, t->role == CFG_SERVER);
 
 	if (pooled) {

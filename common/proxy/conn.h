@@ -1,9 +1,10 @@
 /*
  * conn: one proxied connection's life: accepting or dialing its two ends,
- * the handshake and the judgment of the peer, the timer of each phase,
- * and the one teardown (conn_drop). Its bytes (the two directions, their
- * bounded queues and backpressure, half-close) are relay.c's, the TLS
- * record layer is tlsio's, a pooled connection's waiting is pool.c's.
+ * the handshake and the judgment of the peer, the phase and its timer,
+ * every libuv callback, and the one teardown (conn_drop). Its bytes are
+ * relay.c's (two pipes, pipe.h: bounded queues, backpressure, half-close),
+ * the TLS record layer is tlsio's, a pooled connection's waiting is
+ * pool.c's; those return a status and conn.c alone acts on it.
  *
  * Roles: in the client role the plaintext end is accepted and the TLS end
  * is dialed; in the server role the TLS end is accepted, and the

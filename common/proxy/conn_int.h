@@ -1,7 +1,9 @@
 /*
- * conn_int.h: the connection's struct and the functions that conn.c (its
- * life: accept, dial, handshake, timers, teardown) and relay.c (its bytes)
- * share. Nothing outside those two files includes this.
+ * conn_int.h: the connection's struct and the functions the files of the
+ * conn module share: conn.c (its life: accept, dial, handshake, the phase
+ * and its timer, every callback, teardown), relay.c (its bytes, over two
+ * pipes), pool.c (pre-handshaken connections) and verdict.c (the words of
+ * an end). Nothing outside those files includes this.
  */
 #ifndef UPSEAL_CONN_INT_H
 #define UPSEAL_CONN_INT_H
@@ -124,7 +126,7 @@ static inline enum reason conn_status_reason(int st)
 	return (enum reason)(-1 - st);
 }
 
-/* conn.c */
+/* conn.c (the detail's recorders are in verdict.c) */
 
 /* Act on a status from relay.c or pool.c: end c on CONN_END (if live). */
 void conn_event(struct conn *c, int st);
@@ -154,6 +156,25 @@ void conn_start_pool(struct conn *c, uint64_t delay_ms);
  * waiting in PH_PREAMBLE. Nothing is freed before the loop runs.
  */
 void conn_drop_unused(struct tunnel *t, enum reason why);
+
+/* verdict.c */
+
+/*
+ * The reason a handshake that returned the mbedTLS error rc ends on,
+ * its detail written to c->error (the peer check's verdict first, then
+ * ALPN, not-TLS, EOF, version, alert).
+ */
+enum reason verdict_handshake(struct conn *c, int rc);
+/*
+ * The fatal alert that tells a peer we refuse why, for the refusals
+ * mbedTLS makes without sending one, and for our own after the
+ * handshake (rc 0, v the peer check's verdict). 0: send nothing.
+ */
+unsigned char verdict_alert(int rc, enum tls_verdict v);
+/* Log c's one conn_end line; refused: with the full presented_pin. */
+void verdict_log_end(struct conn *c, enum reason why, bool refused);
+/* Fill c->peer_text with the address of s's peer ("unix" for a unix socket). */
+void verdict_describe_peer(struct conn *c, union stream *s);
 
 /* relay.c */
 

@@ -605,3 +605,13 @@ uv_loop_t *tunnel_loop(const struct tunnel *t)
 {
 	return t->loop;
 }
+
+unsigned tunnel_worker(const struct tunnel *t)
+{
+	return t->worker;
+}
+
+enum cfg_role tunnel_role(const struct tunnel *t)
+{
+	return t->role;
+}

@@ -153,5 +153,8 @@ bool tunnel_is_listening(const struct tunnel *t);
 bool tunnel_listener_open(const struct tunnel *t);
 /* The loop the tunnel (and each of its connections) runs on. */
 uv_loop_t *tunnel_loop(const struct tunnel *t);
+/* The worker whose loop that is, and the sidecar's role. */
+unsigned tunnel_worker(const struct tunnel *t);
+enum cfg_role tunnel_role(const struct tunnel *t);
 
 #endif
