@@ -22,6 +22,8 @@
 #include "workers.h"
 
 struct daemon {
+	/* Every worker's connection ids and open count (conn.h). */
+	struct conn_counters counters;
 	const char *prog;
 	const char *path;
 	enum cfg_role role;
@@ -69,7 +71,7 @@ static void on_drain_timeout(uv_timer_t *timer)
 	struct daemon *d = timer->data;
 	struct log_line l;
 	log_begin(&l, LOG_WARN, "drain_timeout");
-	log_u64(&l, "connections", conn_open_count());
+	log_u64(&l, "connections", conn_open_count(&d->counters));
 	log_str(&l, "msg", "closing the connections still open");
 	log_end(&l);
 	workers_drop_all(d->workers);
@@ -366,8 +368,8 @@ static int run(struct daemon *d)
 	snprintf(err, sizeof err, "cannot set up the event loop");
 	if (uv_loop_init(&d->loop) != 0)
 		goto fail_0;
-	if (workers_new(&d->loop, n, main_maybe_finish, d, &d->workers, err,
-	    sizeof err) != 0)
+	if (workers_new(&d->loop, n, main_maybe_finish, d, &d->counters,
+	    &d->workers, err, sizeof err) != 0)
 		goto fail_1;
 	const struct tset *running = workers_running(d->workers);
 	d->page = page_new(d->role, running);

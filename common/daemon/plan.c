@@ -210,7 +210,7 @@ void plan_apply(struct plan *p, const struct plan_worker *w)
 			tset_remove(w->active, t);
 		} else if (!have_fd ||
 		    tunnel_start(w->loop, w->idx, e->tc, p->role, e->stats,
-		    &e->fds, w->waker, &t, err, sizeof err) != 0) {
+		    &e->fds, w->waker, w->counters, &t, err, sizeof err) != 0) {
 			/* A kept tunnel this worker lost earlier has no socket. */
 			if (!have_fd)
 				snprintf(err, sizeof err, "[%s] not running on this "

@@ -57,6 +57,7 @@ struct plan_worker {
 	unsigned idx;
 	uv_loop_t *loop;
 	const struct tunnel_waker *waker;	/* given to every new tunnel */
+	struct conn_counters *counters;	/* likewise */
 	struct tset *active;		/* the tunnels the worker runs */
 	/* Stop t, which the worker no longer runs, and keep track of it. */
 	void (*stop)(void *arg, struct tunnel *t);

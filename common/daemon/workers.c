@@ -31,6 +31,7 @@ struct workers {
 	unsigned nstarted;		/* running (worker 0 included) */
 	_Atomic unsigned running;	/* worker threads not yet finished */
 	struct tunnel_waker waker;	/* every tunnel's, for wake_worker */
+	struct conn_counters *counters;	/* the daemon's, every tunnel's */
 	void (*on_idle)(void *arg);
 	void *arg;
 };
@@ -52,14 +53,15 @@ static void stop_tunnel(void *arg, struct tunnel *t)
 {
 	struct worker *w = arg;
 	if (tset_add(&w->retiring, t) != 0)
-		tunnel_drop_all(t, "nomem");
+		tunnel_drop_all(t, REASON_NOMEM);
 	tunnel_stop(t, on_tunnel_empty);
 }
 
 static void worker_apply(struct worker *w, struct plan *p)
 {
 	struct plan_worker pw = { .idx = w->idx, .loop = w->loop,
-		.waker = &w->ws->waker, .active = &w->active,
+		.waker = &w->ws->waker, .counters = w->ws->counters,
+		.active = &w->active,
 		.stop = stop_tunnel, .arg = w };
 	plan_apply(p, &pw);
 }
@@ -73,19 +75,19 @@ static void worker_stop(struct worker *w)
 	struct tset all = { 0 };
 	for (size_t i = 0; i < w->active.n; i++)
 		if (tset_add(&all, w->active.t[i]) != 0)
-			tunnel_drop_all(w->active.t[i], "nomem");
+			tunnel_drop_all(w->active.t[i], REASON_NOMEM);
 	for (size_t i = 0; i < all.n; i++)
 		tunnel_stop(all.t[i], on_tunnel_empty);
 	tset_clear(&all);
 	worker_maybe_done(w);
 }
 
-static void worker_drop_all(struct worker *w, const char *reason)
+static void worker_drop_all(struct worker *w, enum reason why)
 {
 	for (size_t i = 0; i < w->active.n; i++)
-		tunnel_drop_all(w->active.t[i], reason);
+		tunnel_drop_all(w->active.t[i], why);
 	for (size_t i = 0; i < w->retiring.n; i++)
-		tunnel_drop_all(w->retiring.t[i], reason);
+		tunnel_drop_all(w->retiring.t[i], why);
 }
 
 /* A place was freed: let held-back accepts try again. */
@@ -110,7 +112,7 @@ static void on_mail(uv_async_t *a)
 	if (flags & MAIL_STOP)
 		worker_stop(w);
 	if (flags & MAIL_DROP)
-		worker_drop_all(w, "drain");
+		worker_drop_all(w, REASON_DRAIN);
 	if (w->idx == 0)
 		w->ws->on_idle(w->ws->arg);
 }
@@ -175,7 +177,8 @@ static void worker_thread(void *arg)
 }
 
 int workers_new(uv_loop_t *loop, unsigned n, void (*on_idle)(void *arg),
-    void *arg, struct workers **out, char *err, size_t errlen)
+    void *arg, struct conn_counters *counters, struct workers **out,
+    char *err, size_t errlen)
 {
 	const char *why = "cannot set up the event loop";
 	unsigned ninit = 0;
@@ -203,6 +206,7 @@ int workers_new(uv_loop_t *loop, unsigned n, void (*on_idle)(void *arg),
 	ws->waker = (struct tunnel_waker){ .wake = wake_worker, .arg = ws };
 	ws->on_idle = on_idle;
 	ws->arg = arg;
+	ws->counters = counters;
 	*out = ws;
 	return 0;
 
@@ -264,7 +268,7 @@ void workers_stop(struct workers *ws)
 
 void workers_drop_all(struct workers *ws)
 {
-	worker_drop_all(&ws->w[0], "drain");
+	worker_drop_all(&ws->w[0], REASON_DRAIN);
 	for (unsigned i = 1; i < ws->nstarted; i++)
 		mailbox_post(&ws->w[i].mb, MAIL_DROP, NULL);
 }

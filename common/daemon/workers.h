@@ -21,10 +21,13 @@ struct workers;
  * Set up n workers (1 to CFG_WORKERS_MAX), worker 0 on loop (the main
  * thread's), none of the others started yet. on_idle(arg) is called on
  * the main thread whenever the workers may have finished stopping: ask
- * workers_done. Returns 0 and *out, or -1 with err set, nothing left.
+ * workers_done. counters (conn.h; it must outlive the workers) goes to
+ * every tunnel they start. Returns 0 and *out, or -1 with err set,
+ * nothing left.
  */
 int workers_new(uv_loop_t *loop, unsigned n, void (*on_idle)(void *arg),
-    void *arg, struct workers **out, char *err, size_t errlen);
+    void *arg, struct conn_counters *counters, struct workers **out,
+    char *err, size_t errlen);
 
 /*
  * Start workers 1..n-1, each on its own thread and loop, each applying

@@ -1,3 +1,34 @@
+/*
+ * conn: the life of one proxied connection, as a state machine (conn.h
+ * says what it owns, conn_int.h the rule that keeps it in this file).
+ *
+ * Why a machine with one owner: a connection is driven by up to six
+ * kinds of event (two read streams, their writes and shutdowns, a
+ * resolver, a dial, one timer) and each may end it. When every module
+ * could end it, each had to re-check, after every call, whether the
+ * connection it was holding still existed; now relay.c and pool.c
+ * report, conn.c decides, and a drop never lands under a caller's feet.
+ *
+ * The phases, and who moves a connection on (all through conn_enter):
+ *   accept (client)   -> DIAL, or RELAY at once with a ready pool conn
+ *   accept (server)   -> HANDSHAKE
+ *   pool_fill         -> DIAL, or POOL_WAIT while backing off
+ *   POOL_WAIT  timer  -> DIAL
+ *   DIAL       dialed -> HANDSHAKE (client: the TLS end), RELAY (server)
+ *   HANDSHAKE  done   -> RELAY (client), POOLED (client pool conn),
+ *                        PREAMBLE (server, upseal/1), DIAL (server)
+ *   PREAMBLE   byte   -> DIAL
+ *   POOLED     taken  -> RELAY (conn_accept hands it a plaintext end)
+ * Every phase ends early on its timer (connect, handshake, idle,
+ * pool_idle) or on an error, and RELAY ends when both pipes have passed
+ * their EOF on: all through conn_drop, which is not a phase but a flag
+ * (dropped) that the callbacks still in flight check on arrival.
+ *
+ * The timer is per phase for a reason: each phase has one thing it
+ * waits for, and a peer that never sends it must cost a slot only that
+ * long (a silent TLS client, a backend that never answers, a pool conn
+ * nobody takes).
+ */
 #include "conn.h"
 
 #include <netdb.h>
@@ -14,13 +45,11 @@
 #include "log.h"
 #include "pool.h"
 #include "preamble.h"
+#include "tunnel_int.h"
 
-static _Atomic uint64_t next_conn_id;
-static _Atomic uint64_t open_conns;
-
-uint64_t conn_open_count(void)
+uint64_t conn_open_count(struct conn_counters *cc)
 {
-	return atomic_load_explicit(&open_conns, memory_order_relaxed);
+	return atomic_load_explicit(&cc->open, memory_order_relaxed);
 }
 
 static void dial_next(struct conn *c);
@@ -30,34 +59,6 @@ static void dial_next(struct conn *c);
 void conn_touch(struct conn *c)
 {
 	c->last_active = uv_now(conn_loop(c));
-}
-
-/* Record the detail that the conn_end line will carry as error=. */
-void conn_errorf(struct conn *c, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(c->error, sizeof c->error, fmt, ap);
-	va_end(ap);
-}
-
-void conn_error_uv(struct conn *c, const char *what, int err)
-{
-	conn_errorf(c, "%s: %s", what, log_uverr(err));
-}
-
-void conn_error_tls(struct conn *c, const char *what, int err)
-{
-	char msg[160];
-	conn_errorf(c, "%s: %s", what,
-	    log_tlserr(err, msg, sizeof msg));
-}
-
-void conn_fail_tls(struct conn *c, const char *what, int err)
-{
-	conn_error_tls(c, what, err);
-	conn_fail(c, err == MBEDTLS_ERR_SSL_ALLOC_FAILED ? REASON_NOMEM :
-	    REASON_TLS_ERROR);
 }
 
 /* The end this role dials: TLS for the client, plaintext for the server. */
@@ -141,7 +142,7 @@ int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms)
 	    victim->io.saw_bytes ? "handshake unfinished after 1s" :
 	    "no byte received");
 	STAT_ADD(t->stats->hs_shed, 1);
-	conn_fail(victim, REASON_HANDSHAKE_SHED);
+	conn_drop(victim, REASON_HANDSHAKE_SHED);
 	return 0;
 }
 
@@ -162,7 +163,8 @@ static void conn_free(struct conn *c)
 	if (pooled) {
 		tunnel_pool_conn_freed(t);
 	} else {
-		atomic_fetch_sub_explicit(&open_conns, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&t->counters->open, 1,
+		    memory_order_relaxed);
 		tunnel_conn_freed(t);
 	}
 }
@@ -188,38 +190,6 @@ static void close_handle(uv_handle_t *h, bool *open)
 	uv_close(h, on_closed);
 }
 
-/*
- * The one line a connection leaves. A refused peer's carries, besides the
- * short peer_pin, the full presented_pin of the key it showed, so that an
- * operator can add it on purpose.
- */
-static void log_conn_end(struct conn *c, enum reason why, bool refused)
-{
-	struct log_line l;
-	char pin[PIN_TEXT_MAX] = "";
-	log_begin(&l, reason_info(why)->level, "conn_end");
-	if (!l.on)
-		return;
-	if (c->io.peer.has_pin)
-		pin_format_short(&c->io.peer.pin, pin);
-	log_str(&l, "tunnel", conn_cfg(c)->name);
-	log_u64(&l, "id", c->id);
-	log_u64(&l, "worker", c->tun->worker);
-	log_str(&l, "peer", c->peer_text);
-	log_str(&l, "peer_pin", pin[0] ? pin : "-");
-	log_u64(&l, "plain_in", c->plain_in);
-	log_u64(&l, "plain_out", c->plain_out);
-	log_u64(&l, "duration_ms", uv_now(conn_loop(c)) - c->started);
-	log_str(&l, "reason", reason_name(why));
-	if (refused && c->io.peer.has_pin) {
-		pin_format(&c->io.peer.pin, pin);
-		log_str(&l, "presented_pin", pin);
-	}
-	if (c->error[0])
-		log_str(&l, "error", c->error);
-	log_end(&l);
-}
-
 static void end(struct conn *c, enum reason why, bool refused)
 {
 	if (c->dropped)
@@ -231,7 +201,7 @@ static void end(struct conn *c, enum reason why, bool refused)
 		/* Not a client's connection (yet): the pool logs and counts it. */
 		pool_ended(c, why);
 	} else {
-		log_conn_end(c, why, refused);
+		verdict_log_end(c, why, refused);
 		STAT_ADD(st->closed[reason_metric(why)], 1);
 	}
 	if (c->phase == PH_DIAL && reason_info(why)->connect_failure)
@@ -253,14 +223,15 @@ static void end(struct conn *c, enum reason why, bool refused)
 	close_handle(&c->tls.h, &c->tls_open);
 }
 
-void conn_fail(struct conn *c, enum reason why)
+void conn_drop(struct conn *c, enum reason why)
 {
 	end(c, why, false);
 }
 
-void conn_drop(struct conn *c, enum reason why)
+void conn_event(struct conn *c, int st)
 {
-	end(c, why, false);
+	if (st < 0)
+		conn_drop(c, conn_status_reason(st));
 }
 
 struct conn *conn_next(struct conn *c)
@@ -270,36 +241,11 @@ struct conn *conn_next(struct conn *c)
 
 /* ---- timers ---- */
 
-static void on_timer(uv_timer_t *timer)
-{
-	struct conn *c = timer->data;
-	uint64_t idle = conn_cfg(c)->idle_timeout_ms;
-
-	switch (c->phase) {
-	case PH_DIAL:
-		conn_fail(c, REASON_CONNECT_TIMEOUT);
-		return;
-	case PH_HANDSHAKE:
-		conn_fail(c, REASON_HANDSHAKE_TIMEOUT);
-		return;
-	case PH_RELAY: {
-		uint64_t quiet = uv_now(conn_loop(c)) - c->last_active;
-		if (quiet >= idle)
-			conn_fail(c, REASON_IDLE_TIMEOUT);
-		else
-			conn_phase_timer(c, idle - quiet);
-		return;
-	}
-	case PH_POOL_WAIT:
-	case PH_POOLED:
-	case PH_PREAMBLE:
-		pool_timer(c);
-		return;
-	}
-}
+static void dial(struct conn *c);
+static void on_timer(uv_timer_t *timer);
 
 /* Arm the one timer for ms from now (0: no deadline). */
-void conn_phase_timer(struct conn *c, uint64_t ms)
+static void phase_timer(struct conn *c, uint64_t ms)
 {
 	if (ms == 0)
 		uv_timer_stop(&c->timer);
@@ -307,119 +253,83 @@ void conn_phase_timer(struct conn *c, uint64_t ms)
 		uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
+/* The one place a connection's phase changes; timeout_ms: its deadline. */
+static void conn_enter(struct conn *c, enum phase ph, uint64_t timeout_ms)
+{
+	c->phase = ph;
+	phase_timer(c, timeout_ms);
+}
+
+static void on_timer(uv_timer_t *timer)
+{
+	struct conn *c = timer->data;
+	uint64_t idle = conn_cfg(c)->idle_timeout_ms;
+
+	switch (c->phase) {
+	case PH_DIAL:
+		conn_drop(c, REASON_CONNECT_TIMEOUT);
+		return;
+	case PH_HANDSHAKE:
+		conn_drop(c, REASON_HANDSHAKE_TIMEOUT);
+		return;
+	case PH_RELAY: {
+		uint64_t quiet = uv_now(conn_loop(c)) - c->last_active;
+		if (quiet >= idle)
+			conn_drop(c, REASON_IDLE_TIMEOUT);
+		else
+			phase_timer(c, idle - quiet);
+		return;
+	}
+	case PH_POOL_WAIT:
+		dial(c);	/* the backoff is over */
+		return;
+	case PH_POOLED:
+		conn_event(c, pool_recycle(c));
+		return;
+	case PH_PREAMBLE:
+		conn_drop(c, REASON_IDLE_TIMEOUT);
+		return;
+	}
+}
+
 /* ---- handshake ---- */
 
-static enum reason handshake_reason(struct conn *c, int rc)
-{
-	if (c->io.peer.verdict != TLS_PEER_OK)
-		return tls_verdict_reason(c->io.peer.verdict);
-	if (c->io.alert_sent == MBEDTLS_SSL_ALERT_MSG_NO_APPLICATION_PROTOCOL &&
-	    c->tun->role == CFG_SERVER) {
-		conn_errorf(c, "the client offered ALPN protocols but not "
-		    PREAMBLE_ALPN "; connect without ALPN (openssl s_client "
-		    "without -alpn, curl --no-alpn) or through upseal-client");
-		return REASON_NO_APPLICATION_PROTOCOL;
-	}
-	if (c->io.saw_bytes && c->io.first_byte != 0x16 &&
-	    c->tun->role == CFG_SERVER) {
-		snprintf(c->error, sizeof c->error,
-		    "the peer did not speak TLS (first byte 0x%02x%s)",
-		    c->io.first_byte, c->io.first_byte >= 'A' && c->io.first_byte <= 'Z' ?
-		    ", looks like plaintext" : "");
-		return REASON_NOT_TLS;
-	}
-	switch (rc) {
-	case MBEDTLS_ERR_SSL_CONN_EOF:
-		conn_errorf(c, "the peer closed the "
-		    "connection during the handshake");
-		return REASON_HANDSHAKE_EOF;
-	case COMPAT_ERR_PROTOCOL_VERSION:
-		conn_error_tls(c, "handshake", rc);
-		return REASON_PROTOCOL_VERSION;
-	case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE:
-		conn_errorf(c, "the peer sent a fatal "
-		    "alert (it may not pin our key)");
-		return REASON_PEER_ALERT;
-	default:
-		conn_error_tls(c, "handshake", rc);
-		return REASON_HANDSHAKE_FAILED;
-	}
-}
-
 /*
- * The fatal alert that tells a peer we refuse why, for the refusals
- * mbedTLS makes without sending one (it returns the error and leaves the
- * peer with a bare close), and for our own after the handshake. rc: the
- * handshake's error, or 0 when the peer check (v) refused a completed
- * handshake. 0: send nothing (the peer left, or already told us why).
+ * A refused peer or a failed handshake (rc: as verdict_alert's): the
+ * alert that says why unless mbedTLS sent one in this handshake, then one
+ * conn_end line, with the key.
  */
-static unsigned char refusal_alert(int rc, enum tls_verdict v)
+static void refuse(struct conn *c, int rc, enum reason why)
 {
-	switch (rc) {
-	case 0:
-		/*
-		 * RFC 5246 7.4.6: a server that requires a client certificate
-		 * and gets none answers handshake_failure. A certificate that
-		 * was presented (and, resumed, is not re-verified) but whose
-		 * key the pins or the CA now refuse is 7.2.2's access_denied:
-		 * "a valid certificate was received, but when access control
-		 * was applied, the sender decided not to proceed".
-		 */
-		return v == TLS_PEER_NO_CERT ?
-		    MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE :
-		    MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED;
-	case MBEDTLS_ERR_SSL_CONN_EOF:
-	case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE:
-		return 0;
-	case MBEDTLS_ERR_SSL_UNEXPECTED_MESSAGE:
-		return MBEDTLS_SSL_ALERT_MSG_UNEXPECTED_MESSAGE;
-	/* A CertificateVerify whose signature does not verify (7.2.2). */
-	case MBEDTLS_ERR_ECP_VERIFY_FAILED:
-	case MBEDTLS_ERR_PK_SIG_LEN_MISMATCH:
-		return MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR;
-	case COMPAT_ERR_ILLEGAL_PARAMETER:
-		return MBEDTLS_SSL_ALERT_MSG_ILLEGAL_PARAMETER;
-	case MBEDTLS_ERR_SSL_ALLOC_FAILED:
-	case MBEDTLS_ERR_SSL_INTERNAL_ERROR:
-		return MBEDTLS_SSL_ALERT_MSG_INTERNAL_ERROR;
+	unsigned char desc = verdict_alert(rc, c->io.peer.verdict);
+	if (desc != 0 && !c->io.alert_out) {
+		int st = relay_send_alert(c, desc);
+		if (st != 0) {
+			conn_event(c, st);
+			return;
+		}
 	}
-	/* An ECDSA signature whose DER does not parse: still decrypt_error. */
-	if ((-rc & 0xff80) == -MBEDTLS_ERR_ECP_BAD_INPUT_DATA && (-rc & 0x7f))
-		return MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR;
-	/* A handshake message that does not parse. */
-	if (compat_err_is_decode(rc))
-		return MBEDTLS_SSL_ALERT_MSG_DECODE_ERROR;
-	return MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE;
-}
-
-/* Send refusal_alert's alert unless mbedTLS sent one in this handshake. */
-static void refuse(struct conn *c, int rc)
-{
-	unsigned char desc = refusal_alert(rc, c->io.peer.verdict);
-	if (desc != 0 && !c->io.alert_out)
-		relay_send_alert(c, desc);
-}
-
-/* A refused peer or a failed handshake: one conn_end line, with the key. */
-static void handshake_failed(struct conn *c, enum reason why)
-{
 	STAT_ADD(c->tun->stats->hs_failed[reason_metric(why)], 1);
 	end(c, why, true);
 }
 
-static void dial_start(struct conn *c);
+static void relay_enter(struct conn *c);
+static void handshaken(struct conn *c);
 
-void conn_handshake_step(struct conn *c)
+/* Run the handshake as far as the input allows; on success move on. */
+static void handshake_step(struct conn *c)
 {
 	int rc = tlsio_handshake(&c->io);
-	relay_flush_tls(c);
-	if (c->dropped || rc == MBEDTLS_ERR_SSL_WANT_READ ||
-	    rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+	int st = relay_flush_tls(c);
+	if (st != 0) {
+		conn_event(c, st);
+		return;
+	}
+	if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
 		return;
 	if (rc != 0) {
-		enum reason why = handshake_reason(c, rc);
-		refuse(c, rc);
-		handshake_failed(c, why);
+		enum reason why = verdict_handshake(c, rc);
+		refuse(c, rc, why);
 		return;
 	}
 	hs_leave(c);	/* the ~37 KB it holds are now a connection's */
@@ -428,8 +338,7 @@ void conn_handshake_step(struct conn *c)
 	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->io.ssl,
 	    &c->io.peer);
 	if (v != TLS_PEER_OK) {
-		refuse(c, 0);
-		handshake_failed(c, tls_verdict_reason(v));
+		refuse(c, 0, tls_verdict_reason(v));
 		return;
 	}
 	metrics_handshake(c->tun->stats,
@@ -448,17 +357,59 @@ void conn_handshake_step(struct conn *c)
 		log_str(&l, "peer_pin", pin);
 		log_end(&l);
 	}
+	handshaken(c);
+}
+
+/* Client: a pool conn handshaken and checked: ready for a client. */
+static void pooled_enter(struct conn *c)
+{
+	int st = pool_handshaken(c);
+	if (st != 0) {
+		conn_event(c, st);
+		return;
+	}
+	conn_enter(c, PH_POOLED, pool_idle_ms(c));
+	pool_ready(c);
+	st = relay_tls_reading(c);
+	if (st == 0)
+		st = pool_tls_input(c);	/* what came with the handshake */
+	conn_event(c, st);
+	pool_fill(c->tun);
+}
+
+/* Server: the handshake negotiated upseal/1: wait for the preamble. */
+static void preamble_enter(struct conn *c)
+{
+	if (c->tun->stopping) {	/* no backend will be dialed any more */
+		conn_drop(c, REASON_DRAIN);
+		return;
+	}
+	/* No deadline with idle_timeout = 0, as for an open connection. */
+	conn_enter(c, PH_PREAMBLE, conn_cfg(c)->idle_timeout_ms);
+	c->pooled_at = uv_now(conn_loop(c));
+	int st = relay_tls_reading(c);
+	if (st == 0)
+		st = pool_tls_input(c);	/* what came with the handshake */
+	if (st == CONN_NEXT)
+		dial(c);
+	else
+		conn_event(c, st);
+}
+
+/* The handshake passed and the peer is pinned: the next phase. */
+static void handshaken(struct conn *c)
+{
 	if (c->tun->role == CFG_CLIENT) {
 		if (c->pool)
-			pool_handshaken(c);
+			pooled_enter(c);
 		else
-			relay_start(c);
+			relay_enter(c);
 	} else if (preamble_negotiated(&c->io.ssl)) {
 		/* A pool conn: the backend is dialed when a client uses it. */
-		pool_await_preamble(c);
+		preamble_enter(c);
 	} else {
 		/* Only now, with a pinned peer, is the backend dialed. */
-		conn_dial(c);
+		dial(c);
 	}
 }
 
@@ -472,24 +423,29 @@ void conn_settings_changed(struct conn *c)
 		return;
 	conn_errorf(c, "refused after a reload: the peer no longer passes "
 	    "the tunnel's pins or CA");
-	conn_fail(c, tls_verdict_reason(v));
+	conn_drop(c, tls_verdict_reason(v));
 }
 
-static void tls_begin(struct conn *c)
+static void handshake_enter(struct conn *c)
 {
-	c->phase = PH_HANDSHAKE;
+	conn_enter(c, PH_HANDSHAKE, conn_cfg(c)->handshake_timeout_ms);
 	c->hs_started = uv_hrtime();
 	hs_enter(c);
-	conn_phase_timer(c, conn_cfg(c)->handshake_timeout_ms);
 	int rc = tlsio_init(&c->io, c->conf->tls, c->pool, c->error,
 	    sizeof c->error);
-	if (rc != 0) {
-		conn_fail_tls(c, "TLS set-up", rc);
-		return;
-	}
-	relay_tls_reading(c);
-	if (!c->dropped && c->tun->role == CFG_CLIENT)
-		conn_handshake_step(c);	/* sends the ClientHello */
+	int st = rc != 0 ? conn_end_tls(c, "TLS set-up", rc) :
+	    relay_tls_reading(c);
+	if (st != 0)
+		conn_event(c, st);
+	else if (c->tun->role == CFG_CLIENT)
+		handshake_step(c);	/* sends the ClientHello */
+}
+
+/* Both ends are up and the peer is pinned: relay, under idle_timeout. */
+static void relay_enter(struct conn *c)
+{
+	conn_enter(c, PH_RELAY, conn_cfg(c)->idle_timeout_ms);
+	conn_event(c, relay_begin(c));
 }
 
 /* ---- dialing ---- */
@@ -520,9 +476,9 @@ static void on_connected(uv_connect_t *req, int status)
 	}
 	stream_tune(dialed(c), c->tun->role == CFG_CLIENT);
 	if (c->tun->role == CFG_CLIENT)
-		tls_begin(c);
+		handshake_enter(c);
 	else
-		relay_start(c);
+		relay_enter(c);
 }
 
 /* Set up the handle of the end this role dials; NULL (c failed) on error. */
@@ -533,7 +489,7 @@ static union stream *dial_handle(struct conn *c, bool unix_socket)
 	    uv_tcp_init(conn_loop(c), &s->tcp);
 	if (rc != 0) {
 		conn_error_uv(c, "socket", rc);
-		conn_fail(c, REASON_CONNECT_FAILED);
+		conn_drop(c, REASON_CONNECT_FAILED);
 		return NULL;
 	}
 	s->h.data = c;
@@ -584,14 +540,14 @@ static void dial_next(struct conn *c)
 	    backend_refused(c, c->ai_list->ai_addr, why, sizeof why)) {
 		/* None dialed: every address was refused; say so for the first. */
 		conn_errorf(c, "%s", why);
-		conn_fail(c, REASON_CONNECT_FAILED);
+		conn_drop(c, REASON_CONNECT_FAILED);
 		return;
 	}
 	char where[ADDR_TEXT_MAX];
 	addr_format(&conn_cfg(c)->connect, where, sizeof where);
 	conn_errorf(c, "connect %s: %s", where,
 	    c->dial_err ? log_uverr(c->dial_err) : "no address");
-	conn_fail(c, REASON_CONNECT_FAILED);
+	conn_drop(c, REASON_CONNECT_FAILED);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -611,7 +567,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		    conn_cfg(c)->connect.host, log_uverr(status));
 		if (res != NULL)
 			uv_freeaddrinfo(res);
-		conn_fail(c, REASON_RESOLVE_FAILED);
+		conn_drop(c, REASON_RESOLVE_FAILED);
 		return;
 	}
 	c->ai_list = res;
@@ -644,37 +600,30 @@ static void dial_start(struct conn *c)
 	if (rc != 0) {
 		conn_errorf(c, "resolve %s: %s", a->host,
 		    log_uverr(rc));
-		conn_fail(c, REASON_RESOLVE_FAILED);
+		conn_drop(c, REASON_RESOLVE_FAILED);
 		return;
 	}
 	c->resolving = true;
 	c->refs++;
 }
 
-void conn_dial(struct conn *c)
+/* Enter PH_DIAL: dial the end this role dials, under connect_timeout. */
+static void dial(struct conn *c)
 {
-	c->phase = PH_DIAL;
-	relay_tls_reading(c);
-	conn_phase_timer(c, conn_cfg(c)->connect_timeout_ms);
-	dial_start(c);
+	conn_enter(c, PH_DIAL, conn_cfg(c)->connect_timeout_ms);
+	int st = relay_tls_reading(c);	/* off until the backend is up */
+	if (st != 0)
+		conn_event(c, st);
+	else
+		dial_start(c);
 }
 
 /* ---- accepting ---- */
 
-static void describe_peer(struct conn *c, union stream *s)
-{
-	if (s->h.type != UV_TCP) {
-		snprintf(c->peer_text, sizeof c->peer_text, "unix");
-		return;
-	}
-	struct sockaddr_storage ss;
-	int len = sizeof ss;
-	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) == 0)
-		addr_format_sockaddr((struct sockaddr *)&ss, c->peer_text,
-		    sizeof c->peer_text);
-	else
-		snprintf(c->peer_text, sizeof c->peer_text, "unknown");
-}
+static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void on_written(struct pipe *p, int status);
+static void on_shutdown(struct pipe *p, int status);
 
 struct conn *conn_new(struct tunnel *t)
 {
@@ -683,7 +632,7 @@ struct conn *conn_new(struct tunnel *t)
 		return NULL;
 	c->tun = t;
 	c->conf = tunnel_conf_hold(t->conf);
-	c->id = atomic_fetch_add(&next_conn_id, 1) + 1;
+	c->id = atomic_fetch_add(&t->counters->next_id, 1) + 1;
 	c->started = uv_now(t->loop);
 	snprintf(c->peer_text, sizeof c->peer_text, "-");
 	c->next = t->conns;
@@ -691,6 +640,10 @@ struct conn *conn_new(struct tunnel *t)
 		t->conns->prev = c;
 	t->conns = c;
 
+	pipe_init(&c->p2t, &c->plain.s, &c->tls.s, on_plain_read, on_written,
+	    on_shutdown, c);
+	pipe_init(&c->t2p, &c->tls.s, &c->plain.s, on_tls_read, on_written,
+	    on_shutdown, c);
 	uv_timer_init(t->loop, &c->timer);
 	c->timer.data = c;
 	c->timer_open = true;
@@ -712,7 +665,7 @@ int conn_accept(struct tunnel *t)
 	}
 	c->started = uv_now(t->loop);
 	t->live++;
-	atomic_fetch_add_explicit(&open_conns, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&t->counters->open, 1, memory_order_relaxed);
 	STAT_ADD(t->stats->accepted, 1);
 
 	union stream *s = t->role == CFG_CLIENT ? &c->plain : &c->tls;
@@ -721,7 +674,7 @@ int conn_accept(struct tunnel *t)
 	    uv_pipe_init(t->loop, &s->pipe, 0);
 	if (rc != 0) {
 		conn_error_uv(c, "accept", rc);
-		conn_fail(c, REASON_ACCEPT_FAILED);
+		conn_drop(c, REASON_ACCEPT_FAILED);
 		return 0;
 	}
 	s->h.data = c;
@@ -730,17 +683,115 @@ int conn_accept(struct tunnel *t)
 	rc = uv_accept(&t->listener.s, &s->s);
 	if (rc != 0) {
 		conn_error_uv(c, "accept", rc);
-		conn_fail(c, REASON_ACCEPT_FAILED);
+		conn_drop(c, REASON_ACCEPT_FAILED);
 		return 0;
 	}
-	describe_peer(c, s);
+	verdict_describe_peer(c, s);
 	stream_tune(s, t->role == CFG_SERVER);
 
-	if (pooled)
-		pool_handoff(c);
-	else if (t->role == CFG_CLIENT)
-		conn_dial(c);
-	else
-		tls_begin(c);
+	if (pooled) {
+		int st = pool_handoff(c);
+		if (st != 0)
+			conn_event(c, st);
+		else
+			relay_enter(c);	/* the idle timeout starts now */
+	} else if (t->role == CFG_CLIENT) {
+		dial(c);
+	} else {
+		handshake_enter(c);
+	}
 	return 0;
+}
+
+void conn_start_pool(struct conn *c, uint64_t delay_ms)
+{
+	if (delay_ms > 0)
+		conn_enter(c, PH_POOL_WAIT, delay_ms);
+	else
+		dial(c);
+}
+
+void conn_drop_unused(struct tunnel *t, enum reason why)
+{
+	/* conn_drop frees nothing before the loop runs: the list holds. */
+	for (struct conn *c = t->conns; c != NULL; c = c->next) {
+		if (c->dropped || !(c->pool || c->phase == PH_PREAMBLE))
+			continue;
+		int st = c->phase == PH_POOLED ? pool_close_notify(c) : 0;
+		conn_event(c, st);
+		conn_drop(c, why);
+	}
+}
+
+/* ---- the callbacks of the two directions ---- */
+
+static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct conn *c = s->data;
+	if (n != 0 && !c->dropped)
+		conn_event(c, relay_plain_read(c, n, buf));
+}
+
+/* The TLS end's input, in every phase: to whoever the phase says. */
+static void on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct conn *c = s->data;
+	int st = 0;
+	if (n == 0 || c->dropped)
+		return;
+	if (n == UV_EOF) {
+		tlsio_input(&c->io, NULL, 0);
+		st = relay_tls_reading(c);
+	} else if (n < 0) {
+		conn_error_uv(c, "TLS read", (int)n);
+		st = CONN_END(n == UV_ECONNRESET ? REASON_TLS_RESET :
+		    REASON_TLS_ERROR);
+	} else {
+		conn_touch(c);
+		tlsio_input(&c->io, (const unsigned char *)buf->base,
+		    (size_t)n);
+	}
+	if (st != 0) {
+		conn_event(c, st);
+		return;
+	}
+	switch (c->phase) {
+	case PH_HANDSHAKE:
+		handshake_step(c);
+		break;
+	case PH_RELAY:
+		conn_event(c, relay_tls_input(c));
+		break;
+	case PH_POOLED:
+	case PH_PREAMBLE:
+		st = pool_tls_input(c);
+		if (st == CONN_NEXT)
+			dial(c);
+		else
+			conn_event(c, st);
+		break;
+	default:
+		break;
+	}
+	if (c->dropped)
+		return;
+	st = relay_settle(c);
+	if (st == 0)
+		st = relay_tls_reading(c);
+	conn_event(c, st);
+}
+
+/* A write of either direction completed (UV_ECANCELED: c was dropped). */
+static void on_written(struct pipe *p, int status)
+{
+	struct conn *c = p->data;
+	if (!c->dropped)
+		conn_event(c, relay_written(c, p, status));
+}
+
+static void on_shutdown(struct pipe *p, int status)
+{
+	struct conn *c = p->data;
+	if (!c->dropped && status != UV_ECANCELED)
+		conn_event(c, relay_shutdown_done(c, p, status));
 }

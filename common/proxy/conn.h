@@ -1,9 +1,10 @@
 /*
  * conn: one proxied connection's life: accepting or dialing its two ends,
- * the handshake and the judgment of the peer, the timer of each phase,
- * and the one teardown (conn_drop). Its bytes (the two directions, their
- * bounded queues and backpressure, half-close) are relay.c's, the TLS
- * record layer is tlsio's, a pooled connection's waiting is pool.c's.
+ * the handshake and the judgment of the peer, the phase and its timer,
+ * every libuv callback, and the one teardown (conn_drop). Its bytes are
+ * relay.c's (two pipes, pipe.h: bounded queues, backpressure, half-close),
+ * the TLS record layer is tlsio's, a pooled connection's waiting is
+ * pool.c's; those return a status and conn.c alone acts on it.
  *
  * Roles: in the client role the plaintext end is accepted and the TLS end
  * is dialed; in the server role the TLS end is accepted, and the
@@ -12,6 +13,7 @@
 #ifndef UPSEAL_CONN_H
 #define UPSEAL_CONN_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "reason.h"
@@ -41,7 +43,7 @@ void conn_drop(struct conn *c, enum reason why);
  * again against the new settings and ended (reason pin_mismatch,
  * chain_invalid, ...) if its peer no longer passes. One still in its
  * handshake is judged against the tunnel's settings when it completes
- * (conn_handshake_step); one that reached its backend keeps going.
+ * (its handshake step); one that reached its backend keeps going.
  */
 void conn_settings_changed(struct conn *c);
 
@@ -57,8 +59,19 @@ void conn_settings_changed(struct conn *c);
 #define CONN_SHED_AGE_MS 1000
 int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms);
 
-/* Connections open in this process now, on every worker. */
-uint64_t conn_open_count(void);
+/*
+ * The process's connection counters, shared by every worker: the next
+ * connection id (ids are unique in the process) and the accepted
+ * connections not yet freed. The daemon owns one and hands it to every
+ * tunnel_start; it must outlive every tunnel.
+ */
+struct conn_counters {
+	_Atomic uint64_t next_id;
+	_Atomic uint64_t open;
+};
+
+/* Connections open now, on every worker that counts in cc. */
+uint64_t conn_open_count(struct conn_counters *cc);
 
 /* Free this thread's recycled write buffers (at exit, for leak checks). */
 void conn_release_buffers(void);

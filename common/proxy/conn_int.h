@@ -1,7 +1,9 @@
 /*
- * conn_int.h: the connection's struct and the functions that conn.c (its
- * life: accept, dial, handshake, timers, teardown) and relay.c (its bytes)
- * share. Nothing outside those two files includes this.
+ * conn_int.h: the connection's struct and the functions the files of the
+ * conn module share: conn.c (its life: accept, dial, handshake, the phase
+ * and its timer, every callback, teardown), relay.c (its bytes, over two
+ * pipes), pool.c (pre-handshaken connections) and verdict.c (the words of
+ * an end). Nothing outside those files includes this.
  */
 #ifndef UPSEAL_CONN_INT_H
 #define UPSEAL_CONN_INT_H
@@ -14,16 +16,10 @@
 #include <uv.h>
 
 #include "conn.h"
+#include "pipe.h"
 #include "tls.h"
 #include "tlsio.h"
 #include "tunnel.h"
-
-/*
- * Each direction queues at most RELAY_HIGH bytes (plus one chunk) on its
- * writer before its reader stops; reading resumes below RELAY_LOW.
- */
-#define RELAY_HIGH (256 * 1024)
-#define RELAY_LOW (64 * 1024)
 
 /*
  * PH_POOL_WAIT, PH_POOLED: a client's pool connection waiting out a
@@ -57,13 +53,15 @@ struct conn {
 	/* TLS: the mbedTLS context, its BIO and read/write loop. */
 	struct tlsio io;
 
-	/* Relay. */
-	size_t plain_queued, tls_queued;	/* bytes in writes not yet done */
-	bool plain_reading, tls_reading;
-	bool p2t_eof, p2t_done;		/* plaintext EOF: close_notify sent, flushed */
-	bool t2p_eof, t2p_done;		/* close_notify got: FIN sent, flushed */
-	uv_shutdown_t plain_shut, tls_shut;
-	uint64_t plain_in, plain_out;
+	/*
+	 * The two directions (pipe.h). p2t reads the plaintext end and
+	 * writes the TLS end (every record: the handshake's and alerts too);
+	 * its EOF is the plaintext FIN, passed on as close_notify and our
+	 * FIN; its bytes are plain_in. t2p reads the TLS end (in every
+	 * phase) and writes the plaintext end; its EOF is close_notify,
+	 * passed on as a FIN; its bytes are plain_out.
+	 */
+	struct pipe p2t, t2p;
 	uint64_t started, last_active;	/* uv_now, ms */
 	uint64_t hs_started;		/* uv_hrtime, ns */
 	/* Server: counted in stats->handshaking, linked in tun's hs list. */
@@ -101,7 +99,7 @@ struct conn {
 
 static inline uv_loop_t *conn_loop(struct conn *c)
 {
-	return c->tun->loop;
+	return tunnel_loop(c->tun);
 }
 
 static inline const struct cfg_tunnel *conn_cfg(struct conn *c)
@@ -109,51 +107,102 @@ static inline const struct cfg_tunnel *conn_cfg(struct conn *c)
 	return c->conf->cfg;
 }
 
-/* conn.c */
+/*
+ * The rule of this module: only conn.c changes a connection's phase or
+ * ends it. A function of relay.c or pool.c that may end the connection
+ * returns a status instead: 0 to go on, or CONN_END(why), negative, when
+ * the connection must end for why (the detail is already in c->error).
+ * The caller stops on non-zero and hands the status up; conn.c acts on it
+ * at the top of the callback that started it all. So a connection is
+ * never dropped under a function that is still using it, and the only
+ * c->dropped checks are where a callback arrives for a dropped one.
+ * CONN_NEXT (pool.c): the phase's work is done, move to the next phase.
+ */
+#define CONN_END(why) (-1 - (int)(why))
+#define CONN_NEXT 1
 
-/* End c for why (the same as conn_drop). */
-void conn_fail(struct conn *c, enum reason why);
+static inline enum reason conn_status_reason(int st)
+{
+	return (enum reason)(-1 - st);
+}
+
+/* conn.c (the detail's recorders are in verdict.c) */
+
+/* Act on a status from relay.c or pool.c: end c on CONN_END (if live). */
+void conn_event(struct conn *c, int st);
 /* Record the detail the conn_end line carries as error=. */
 void conn_errorf(struct conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void conn_error_uv(struct conn *c, const char *what, int err);
 void conn_error_tls(struct conn *c, const char *what, int err);
-/* End c after the mbedTLS error err in what: nomem or tls_error. */
-void conn_fail_tls(struct conn *c, const char *what, int err);
+/* Record the mbedTLS error err in what; CONN_END(nomem or tls_error). */
+int conn_end_tls(struct conn *c, const char *what, int err);
 /* Note activity for the idle timeout. */
 void conn_touch(struct conn *c);
-/* Arm the connection's one timer for ms from now (0: no deadline). */
-void conn_phase_timer(struct conn *c, uint64_t ms);
-/* Run the handshake as far as the input allows; on success move on. */
-void conn_handshake_step(struct conn *c);
 /*
  * A new connection of t with no ends yet: linked into t->conns, holding
  * t's current settings, its timer initialised. NULL when out of memory.
  * The caller counts it (t->live or t->pool.live) and starts it.
  */
 struct conn *conn_new(struct tunnel *t);
-/* Enter PH_DIAL: dial the end this role dials, under connect_timeout. */
-void conn_dial(struct conn *c);
+/*
+ * Client: start c (from conn_new, counted in the pool): it dials now, or
+ * waits delay_ms first in PH_POOL_WAIT (a backoff).
+ */
+void conn_start_pool(struct conn *c, uint64_t delay_ms);
+/*
+ * Drop every connection of t that no client byte depends on yet, for why:
+ * a client's pool conns (a ready one says close_notify first), a server's
+ * waiting in PH_PREAMBLE. Nothing is freed before the loop runs.
+ */
+void conn_drop_unused(struct tunnel *t, enum reason why);
+
+/* verdict.c */
+
+/*
+ * The reason a handshake that returned the mbedTLS error rc ends on,
+ * its detail written to c->error (the peer check's verdict first, then
+ * ALPN, not-TLS, EOF, version, alert).
+ */
+enum reason verdict_handshake(struct conn *c, int rc);
+/*
+ * The fatal alert that tells a peer we refuse why, for the refusals
+ * mbedTLS makes without sending one, and for our own after the
+ * handshake (rc 0, v the peer check's verdict). 0: send nothing.
+ */
+unsigned char verdict_alert(int rc, enum tls_verdict v);
+/* Log c's one conn_end line; refused: with the full presented_pin. */
+void verdict_log_end(struct conn *c, enum reason why, bool refused);
+/* Fill c->peer_text with the address of s's peer ("unix" for a unix socket). */
+void verdict_describe_peer(struct conn *c, union stream *s);
 
 /* relay.c */
 
-/* Enter PH_RELAY: both ends are up and the peer is pinned. */
-void relay_start(struct conn *c);
+/* PH_RELAY has begun: read the plaintext end, relay what mbedTLS holds. */
+int relay_begin(struct conn *c);
 /* Start or stop reading the TLS end as the phase and the queues allow. */
-void relay_tls_reading(struct conn *c);
+int relay_tls_reading(struct conn *c);
 /* Hand the records mbedTLS produced to libuv as one write. */
-void relay_flush_tls(struct conn *c);
+int relay_flush_tls(struct conn *c);
 /*
  * Send a fatal alert (desc: MBEDTLS_SSL_ALERT_MSG_*) before c is ended:
  * queued through mbedTLS and flushed at once. relay_flush_tls tries a
  * direct write first, so with nothing queued on the TLS end (the usual
- * case when refusing) the alert has left when conn_fail closes the
- * handle; if the socket did not take it, the close drops it (the
- * refusal itself stands). Safe on a dropped c (does nothing).
+ * case when refusing) the alert has left when conn.c closes the handle;
+ * if the socket did not take it, the close drops it (the refusal itself
+ * stands).
  */
-void relay_send_alert(struct conn *c, unsigned char desc);
-/* libuv read callback of the TLS end, in every phase. */
-void relay_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+int relay_send_alert(struct conn *c, unsigned char desc);
+/* PH_RELAY, TLS input came: decrypt it onto the plaintext end. */
+int relay_tls_input(struct conn *c);
+/* The plaintext end's read callback's work (n: libuv's nread). */
+int relay_plain_read(struct conn *c, ssize_t n, const uv_buf_t *buf);
+/* After processing TLS input: keep what mbedTLS did not take. */
+int relay_settle(struct conn *c);
+/* A write of pipe p (c->p2t or c->t2p) completed with status. */
+int relay_written(struct conn *c, struct pipe *p, int status);
+/* The shutdown of pipe p's write side completed with status. */
+int relay_shutdown_done(struct conn *c, struct pipe *p, int status);
 
 /* pool.c (the public part is in pool.h) */
 
@@ -163,17 +212,24 @@ void relay_on_tls_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
  * ready (a miss, counted when the pool is on). Refills in the background.
  */
 struct conn *pool_take(struct tunnel *t);
-/* Client: c (from pool_take) has its plaintext end: send the preamble, relay. */
-void pool_handoff(struct conn *c);
-/* Client: a pool conn's handshake passed: check ALPN, make it ready. */
-void pool_handshaken(struct conn *c);
-/* Server: the handshake negotiated upseal/1: wait for the preamble. */
-void pool_await_preamble(struct conn *c);
-/* TLS input in PH_POOLED (client) or PH_PREAMBLE (server). */
-void pool_tls_input(struct conn *c);
-/* The timer fired in PH_POOL_WAIT, PH_POOLED or PH_PREAMBLE. */
-void pool_timer(struct conn *c);
-/* Called by conn_fail for a pool conn instead of the conn_end line. */
+/* Client: c (from pool_take) has its plaintext end: send the preamble. */
+int pool_handoff(struct conn *c);
+/* Client: a pool conn's handshake passed: check ALPN, end a failure streak. */
+int pool_handshaken(struct conn *c);
+/* Client: c entered PH_POOLED: the ready list, its replacement deadline. */
+void pool_ready(struct conn *c);
+/* How long a ready pool conn waits before it is replaced. */
+uint64_t pool_idle_ms(const struct conn *c);
+/*
+ * TLS input in PH_POOLED (client) or PH_PREAMBLE (server). CONN_NEXT:
+ * the preamble came, dial the backend.
+ */
+int pool_tls_input(struct conn *c);
+/* The timer fired in PH_POOLED: close_notify, CONN_END(pool_idle). */
+int pool_recycle(struct conn *c);
+/* Say goodbye properly to a server that waits for our preamble. */
+int pool_close_notify(struct conn *c);
+/* Called by conn.c's end for a pool conn instead of the conn_end line. */
 void pool_ended(struct conn *c, enum reason why);
 
 #endif

@@ -21,6 +21,7 @@
 #include "log.h"
 #include "pool.h"
 #include "preamble.h"
+#include "tunnel_int.h"
 
 /* Refill failures: wait 1 s, doubling up to 30 s, between attempts. */
 #define POOL_BACKOFF_MIN_MS 1000
@@ -62,12 +63,7 @@ static int pool_open(struct tunnel *t, uint64_t delay_ms)
 		return -1;	/* the next freed or readied conn tries again */
 	c->pool = true;
 	t->pool.live++;
-	if (delay_ms > 0) {
-		c->phase = PH_POOL_WAIT;
-		conn_phase_timer(c, delay_ms);
-	} else {
-		conn_dial(c);
-	}
+	conn_start_pool(c, delay_ms);
 	return 0;
 }
 
@@ -132,27 +128,18 @@ void pool_configure(struct tunnel *t)
 	pool_fill(t);
 }
 
-/* Say goodbye properly to a server that waits for our preamble. */
-static void close_notify(struct conn *c)
+int pool_close_notify(struct conn *c)
 {
 	if (c->io.ssl_init && c->tls_open && tlsio_close_notify(&c->io) == 0)
-		relay_flush_tls(c);
+		return relay_flush_tls(c);
+	return 0;
 }
-
-static bool streak_end(struct tunnel *t);
 
 void pool_flush(struct tunnel *t, enum reason why)
 {
 	if (t->stopping)
 		streak_end(t);	/* this worker is out of the tunnel's streak */
-	/* conn_drop frees nothing before the loop runs: the list holds. */
-	for (struct conn *c = t->conns; c != NULL; c = conn_next(c)) {
-		if (c->dropped || !(c->pool || c->phase == PH_PREAMBLE))
-			continue;
-		if (c->phase == PH_POOLED)
-			close_notify(c);
-		conn_drop(c, why);
-	}
+	conn_drop_unused(t, why);
 }
 
 /* ---- the client's pool conns ---- */
@@ -222,7 +209,7 @@ void pool_ended(struct conn *c, enum reason why)
 	pool_failed(c, why);
 }
 
-void pool_handshaken(struct conn *c)
+int pool_handshaken(struct conn *c)
 {
 	struct tunnel *t = c->tun;
 	struct tunnel_pool *p = &t->pool;
@@ -235,9 +222,8 @@ void pool_handshaken(struct conn *c)
 		conn_errorf(c, "the server did not select ALPN " PREAMBLE_ALPN
 		    " (not an upseal-server, or one without the pool); pooled "
 		    "connections need it");
-		close_notify(c);
-		conn_fail(c, REASON_POOL_UNSUPPORTED);
-		return;
+		int st = pool_close_notify(c);
+		return st != 0 ? st : CONN_END(REASON_POOL_UNSUPPORTED);
 	}
 	if (p->failures > 0) {
 		unsigned failures = p->failures;
@@ -251,16 +237,24 @@ void pool_handshaken(struct conn *c)
 		p->retry_at = 0;
 		p->announce = true;
 	}
-	c->phase = PH_POOLED;
-	c->pooled_at = uv_now(conn_loop(c));
-	ready_push(c);
+	return 0;
+}
+
+uint64_t pool_idle_ms(const struct conn *c)
+{
 	/*
 	 * Replaced after pool_idle, less up to a quarter spread by id, so
 	 * that connections opened together are not all replaced together.
 	 */
-	uint64_t idle = conn_cfg(c)->pool_idle_ms;
-	conn_phase_timer(c, idle - (idle / 4) * ((c->id * 2654435761u) % 1024) /
-	    1024);
+	uint64_t idle = c->conf->cfg->pool_idle_ms;
+	return idle - (idle / 4) * ((c->id * 2654435761u) % 1024) / 1024;
+}
+
+void pool_ready(struct conn *c)
+{
+	struct tunnel_pool *p = &c->tun->pool;
+	c->pooled_at = uv_now(conn_loop(c));
+	ready_push(c);
 	log_pool_line(c, LOG_DEBUG, "pool_conn_ready", NULL);
 	if (p->announce && p->ready >= p->target) {
 		struct log_line l;
@@ -270,10 +264,6 @@ void pool_handshaken(struct conn *c)
 		log_u64(&l, "size", p->target);
 		log_end(&l);
 	}
-	relay_tls_reading(c);
-	if (!c->dropped)
-		pool_tls_input(c);	/* what came with the handshake */
-	pool_fill(t);
 }
 
 struct conn *pool_take(struct tunnel *t)
@@ -299,57 +289,46 @@ struct conn *pool_take(struct tunnel *t)
 	return c;
 }
 
-void pool_handoff(struct conn *c)
+int pool_handoff(struct conn *c)
 {
 	STAT_ADD(c->tun->stats->pool_handoffs, 1);
 	log_pool_line(c, LOG_DEBUG, "pool_handoff", NULL);
 	int rc = preamble_send(&c->io.ssl);
-	if (rc != 0) {
-		conn_fail_tls(c, "TLS write (preamble)", rc);
-		return;
-	}
-	relay_flush_tls(c);
-	if (!c->dropped)
-		relay_start(c);	/* the idle timeout starts now */
+	if (rc != 0)
+		return conn_end_tls(c, "TLS write (preamble)", rc);
+	return relay_flush_tls(c);
 }
 
 /* Client, PH_POOLED: the server may only close (or send a TLS 1.3 ticket). */
-static void pooled_input(struct conn *c)
+static int pooled_input(struct conn *c)
 {
 	unsigned char buf[64];
 	size_t len = 0;
 	enum reason why = REASON_TLS_ERROR;
 	enum tlsio_status st = tlsio_read(&c->io, buf, sizeof buf, &len, &why);
 	if (st == TLSIO_FAIL && why != REASON_TRUNCATED) {
-		relay_flush_tls(c);	/* the alert this end sends */
-		conn_fail(c, why);
+		int rc = relay_flush_tls(c);	/* the alert this end sends */
+		return rc != 0 ? rc : CONN_END(why);
 	} else if (len > 0) {
 		conn_errorf(c, "the server sent data before the pool preamble");
-		conn_fail(c, REASON_TLS_ERROR);
+		return CONN_END(REASON_TLS_ERROR);
 	} else if (st == TLSIO_CLOSED || st == TLSIO_FAIL) {
 		c->error[0] = 0;	/* a truncation is a close here */
-		conn_drop(c, REASON_POOL_CLOSED);	/* and refill */
+		return CONN_END(REASON_POOL_CLOSED);	/* and refill */
 	}
+	return 0;
+}
+
+int pool_recycle(struct conn *c)
+{
+	STAT_ADD(c->tun->stats->pool_recycled, 1);
+	int st = pool_close_notify(c);
+	return st != 0 ? st : CONN_END(REASON_POOL_IDLE);	/* and refill */
 }
 
 /* ---- the server's side: waiting for the preamble ---- */
 
-void pool_await_preamble(struct conn *c)
-{
-	if (c->tun->stopping) {	/* no backend will be dialed any more */
-		conn_drop(c, REASON_DRAIN);
-		return;
-	}
-	c->phase = PH_PREAMBLE;
-	c->pooled_at = uv_now(conn_loop(c));
-	/* No deadline with idle_timeout = 0, as for an open connection. */
-	conn_phase_timer(c, conn_cfg(c)->idle_timeout_ms);
-	relay_tls_reading(c);
-	if (!c->dropped)
-		pool_tls_input(c);	/* what came with the handshake */
-}
-
-static void preamble_input(struct conn *c)
+static int preamble_input(struct conn *c)
 {
 	unsigned char byte;
 	enum reason why = REASON_TLS_ERROR;
@@ -367,50 +346,30 @@ static void preamble_input(struct conn *c)
 			log_end(&l);
 		}
 		/* The rest of the record waits in mbedTLS for the relay. */
-		conn_dial(c);
-		return;
+		return CONN_NEXT;
 	case PREAMBLE_BAD:
 		conn_errorf(c, "the first byte after the handshake was 0x%02x, "
 		    "not the pool preamble 0x%02x (the peer negotiated ALPN "
 		    PREAMBLE_ALPN ")", byte, PREAMBLE_DIAL);
-		conn_fail(c, REASON_BAD_PREAMBLE);
-		return;
+		return CONN_END(REASON_BAD_PREAMBLE);
 	case PREAMBLE_CLOSED:
 		/* The client recycled or flushed an unused conn. */
-		conn_drop(c, REASON_POOL_CLOSED);
-		return;
-	case PREAMBLE_ERROR:
-		relay_flush_tls(c);	/* the alert this end sends */
-		conn_fail(c, why);
-		return;
-	case PREAMBLE_WAIT:
-		return;
+		return CONN_END(REASON_POOL_CLOSED);
+	case PREAMBLE_ERROR: {
+		int rc = relay_flush_tls(c);	/* the alert this end sends */
+		return rc != 0 ? rc : CONN_END(why);
 	}
+	case PREAMBLE_WAIT:
+		break;
+	}
+	return 0;
 }
 
-void pool_tls_input(struct conn *c)
+int pool_tls_input(struct conn *c)
 {
 	if (c->phase == PH_PREAMBLE)
-		preamble_input(c);
-	else if (c->phase == PH_POOLED)
-		pooled_input(c);
-}
-
-void pool_timer(struct conn *c)
-{
-	switch (c->phase) {
-	case PH_POOL_WAIT:
-		conn_dial(c);	/* the backoff is over */
-		return;
-	case PH_POOLED:
-		STAT_ADD(c->tun->stats->pool_recycled, 1);
-		close_notify(c);
-		conn_drop(c, REASON_POOL_IDLE);	/* and refill */
-		return;
-	case PH_PREAMBLE:
-		conn_fail(c, REASON_IDLE_TIMEOUT);
-		return;
-	default:
-		return;
-	}
+		return preamble_input(c);
+	if (c->phase == PH_POOLED)
+		return pooled_input(c);
+	return 0;
 }

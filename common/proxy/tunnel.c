@@ -1,4 +1,5 @@
 #include "tunnel.h"
+#include "tunnel_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -354,8 +355,8 @@ static void pause_listener(struct tunnel *t, int status)
 
 int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
     enum cfg_role role, struct tunnel_stats *stats, struct listen_fds *l,
-    const struct tunnel_waker *waker, struct tunnel **out, char *err,
-    size_t errlen)
+    const struct tunnel_waker *waker, struct conn_counters *counters,
+    struct tunnel **out, char *err, size_t errlen)
 {
 	const struct cfg_tunnel *cfg = conf->cfg;
 	int fd = l->fd[worker];
@@ -373,6 +374,7 @@ int tunnel_start(uv_loop_t *loop, unsigned worker, struct tunnel_conf *conf,
 	t->stats = tunnel_stats_hold(stats);
 	t->role = role;
 	t->waker = waker;
+	t->counters = counters;
 	t->owns_path = worker == 0;
 	t->spare_fd = -1;
 	snprintf(t->listen_text, sizeof t->listen_text, "%s", l->text);
@@ -499,9 +501,8 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 	}
 }
 
-void tunnel_drop_all(struct tunnel *t, const char *reason)
+void tunnel_drop_all(struct tunnel *t, enum reason why)
 {
-	enum reason why = reason_parse(reason);
 	/* conn_drop frees nothing before the loop runs: the list holds. */
 	for (struct conn *c = t->conns; c != NULL; c = conn_next(c))
 		conn_drop(c, why);
@@ -593,4 +594,24 @@ bool tunnel_is_listening(const struct tunnel *t)
 bool tunnel_listener_open(const struct tunnel *t)
 {
 	return t->listener_open;
+}
+
+const struct cfg_tunnel *tunnel_cfg(const struct tunnel *t)
+{
+	return t->conf->cfg;
+}
+
+uv_loop_t *tunnel_loop(const struct tunnel *t)
+{
+	return t->loop;
+}
+
+unsigned tunnel_worker(const struct tunnel *t)
+{
+	return t->worker;
+}
+
+enum cfg_role tunnel_role(const struct tunnel *t)
+{
+	return t->role;
 }

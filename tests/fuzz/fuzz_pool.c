@@ -153,7 +153,7 @@ static int pair(struct wire *w, mbedtls_ssl_context *cli,
 	tls_session_resume(cli_ctx, cli);
 	if (handshake(w, cli, srv) != 0)
 		return -1;
-	/* Judged as conn_handshake_step judges them. */
+	/* Judged as conn.c judges them after its handshake step. */
 	if (tls_check_peer(cli_ctx, cli, cp) != TLS_PEER_OK ||
 	    tls_check_peer(srv_ctx, &srv->ssl, &srv->peer) != TLS_PEER_OK)
 		die("pair", "a pinned peer was refused");
