@@ -7,9 +7,14 @@
 
 #include "compat.h"
 
+/* The crypto library's one-time set-up (3.6: psa_crypto_init), its result. */
 static uv_once_t crypto_once = UV_ONCE_INIT;
 static int crypto_rc;
 
+/*
+ * The DRBG is per thread: each worker seeds its own on first use, so no
+ * two threads share generator state or take a lock to draw from it.
+ */
 static _Thread_local mbedtls_entropy_context entropy;
 static _Thread_local mbedtls_ctr_drbg_context drbg;
 static _Thread_local bool seeded;
