@@ -191,27 +191,25 @@ static inline void compat_conf_groups(mbedtls_ssl_config *conf)
  */
 static inline size_t compat_suites_for(int aead, int out[2])
 {
+	static const int tls12[] = {
+		MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+		MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+		MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	};
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+	static const int tls13[] = {
+		MBEDTLS_TLS1_3_CHACHA20_POLY1305_SHA256,
+		MBEDTLS_TLS1_3_AES_128_GCM_SHA256,
+		MBEDTLS_TLS1_3_AES_256_GCM_SHA384,
+	};
+#endif
 	size_t n = 0;
-	switch (aead) {
-	case 1:
+	if (aead < 1 || aead > 3)
+		return 0;
 #if defined(MBEDTLS_SSL_PROTO_TLS1_3)
-		out[n++] = MBEDTLS_TLS1_3_CHACHA20_POLY1305_SHA256;
+	out[n++] = tls13[aead - 1];
 #endif
-		out[n++] = MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256;
-		break;
-	case 2:
-#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
-		out[n++] = MBEDTLS_TLS1_3_AES_128_GCM_SHA256;
-#endif
-		out[n++] = MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256;
-		break;
-	case 3:
-#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
-		out[n++] = MBEDTLS_TLS1_3_AES_256_GCM_SHA384;
-#endif
-		out[n++] = MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384;
-		break;
-	}
+	out[n++] = tls12[aead - 1];
 	return n;
 }
 

@@ -451,24 +451,16 @@ static void check_empty(struct tunnel *t)
 	}
 }
 
-static void on_listener_closed(uv_handle_t *h)
+/* The listener, the pause timer or the shed timer finished closing. */
+static void on_part_closed(uv_handle_t *h)
 {
 	struct tunnel *t = h->data;
-	t->listener_closing = false;
-	check_empty(t);
-}
-
-static void on_pause_timer_closed(uv_handle_t *h)
-{
-	struct tunnel *t = h->data;
-	t->pause_timer_open = false;
-	check_empty(t);
-}
-
-static void on_shed_timer_closed(uv_handle_t *h)
-{
-	struct tunnel *t = h->data;
-	t->shed_timer_open = false;
+	if (h == &t->listener.h)
+		t->listener_closing = false;
+	else if (h == (uv_handle_t *)&t->pause_timer)
+		t->pause_timer_open = false;
+	else
+		t->shed_timer_open = false;
 	check_empty(t);
 }
 
@@ -485,7 +477,7 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 	if (t->listener_open) {
 		t->listener_open = false;
 		t->listener_closing = true;
-		uv_close(&t->listener.h, on_listener_closed);
+		uv_close(&t->listener.h, on_part_closed);
 	}
 	if (t->spare_fd >= 0) {
 		close(t->spare_fd);
@@ -493,11 +485,11 @@ void tunnel_stop(struct tunnel *t, void (*on_empty)(struct tunnel *t))
 	}
 	if (t->pause_timer_open) {
 		uv_timer_stop(&t->pause_timer);
-		uv_close((uv_handle_t *)&t->pause_timer, on_pause_timer_closed);
+		uv_close((uv_handle_t *)&t->pause_timer, on_part_closed);
 	}
 	if (t->shed_timer_open) {
 		uv_timer_stop(&t->shed_timer);
-		uv_close((uv_handle_t *)&t->shed_timer, on_shed_timer_closed);
+		uv_close((uv_handle_t *)&t->shed_timer, on_part_closed);
 	}
 }
 
