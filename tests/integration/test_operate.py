@@ -787,7 +787,15 @@ def test_metrics_match_traffic(h):
         data = src.bytes()
         s.sendall(data[:up // 2])
         if i == 2:
+            # The gauge settles at 1: this connection accepted, the one
+            # before it freed (its close callbacks may still be running
+            # when the test's socket saw EOF). Bounded poll, then exact.
+            deadline = time.monotonic() + scaled(5, 15)
             mid = scrape(cli)
+            while (mid.get("upseal_connections_open", tunnel="app") != 1.0
+                   and time.monotonic() < deadline):
+                time.sleep(0.02)
+                mid = scrape(cli)
             check_eq(mid.get("upseal_connections_open", tunnel="app"), 1.0,
                      "client connections_open during a transfer")
             check(mid.count("upseal_bytes_total", tunnel="app",
