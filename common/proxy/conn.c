@@ -56,11 +56,6 @@ static void dial_next(struct conn *c);
 
 /* ---- small helpers ---- */
 
-void conn_touch(struct conn *c)
-{
-	c->last_active = uv_now(conn_loop(c));
-}
-
 /* The end this role dials: TLS for the client, plaintext for the server. */
 static union stream *dialed(struct conn *c)
 {

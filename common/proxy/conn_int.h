@@ -137,8 +137,11 @@ void conn_error_uv(struct conn *c, const char *what, int err);
 void conn_error_tls(struct conn *c, const char *what, int err);
 /* Record the mbedTLS error err in what; CONN_END(nomem or tls_error). */
 int conn_end_tls(struct conn *c, const char *what, int err);
-/* Note activity for the idle timeout. */
-void conn_touch(struct conn *c);
+/* Note activity for the idle timeout (read lazily when the timer fires). */
+static inline void conn_touch(struct conn *c)
+{
+	c->last_active = uv_now(conn_loop(c));
+}
 /*
  * A new connection of t with no ends yet: linked into t->conns, holding
  * t's current settings, its timer initialised. NULL when out of memory.
