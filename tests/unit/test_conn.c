@@ -17,16 +17,15 @@
 
 #include <uv.h>
 
-#include "../fuzz/fuzz_ids.h"
 #include "config.h"
 #include "conn.h"
 #include "listeners.h"
 #include "log.h"
 #include "preamble.h"
-#include "rng.h"
 #include "tls.h"
 #include "tlsio.h"
 #include "tunnel.h"
+#include "unit_ids.h"
 
 static struct tls_ctx *cli_ctx;
 static char ini[256];
@@ -34,49 +33,34 @@ static char ini[256];
 /* Two identities, the client's context, the server's config file: once. */
 static int setup(void)
 {
-	static char scrt[FUZZ_PATH_MAX], skey[FUZZ_PATH_MAX];
-	static char ccrt[FUZZ_PATH_MAX], ckey[FUZZ_PATH_MAX];
-	static struct pin srv_pin, cli_pin;
 	static struct cfg_tunnel c;
 	char err[512], pin[PIN_TEXT_MAX];
 	if (cli_ctx != NULL)
 		return 0;
-	if (rng_init() != 0)
+	struct unit_ids *ids = unit_ids();
+	if (ids == NULL || unit_tunnel(&c, ids, CFG_CLIENT) != 0)
 		return -1;
-	fuzz_ids_init();
-	fuzz_make_identity("srv", scrt, skey, &srv_pin);
-	fuzz_make_identity("cli", ccrt, ckey, &cli_pin);
-	snprintf(c.name, sizeof c.name, "unit");
-	c.cert = ccrt;
-	c.key = ckey;
-	c.pins = &srv_pin;
-	c.npins = 1;
 	c.pool = 1;	/* the client context can offer upseal/1 */
-	if (addr_parse("127.0.0.1:0", &c.listen, err, sizeof err) != 0 ||
-	    addr_parse("127.0.0.1:1", &c.connect, err, sizeof err) != 0 ||
-	    tls_ctx_new(&c, CFG_CLIENT, (uid_t)-1, &cli_ctx, err,
+	if (tls_ctx_new(&c, CFG_CLIENT, (uid_t)-1, &cli_ctx, err,
 	    sizeof err) != 0) {
 		printf("  client context: %s\n", err);
 		return -1;
 	}
-	pin_format(&cli_pin, pin);
+	pin_format(&ids->cli_pin, pin);
 	const char *dir = test_tmpdir();
 	snprintf(ini, sizeof ini, "%s/server.ini", dir);
 	FILE *f = fopen(ini, "w");
 	if (f == NULL)
 		return -1;
 	fprintf(f, "[unit]\nlisten = unix:%s/s.sock\nconnect = unix:%s/b.sock\n"
-	    "cert = %s\nkey = %s\npin = %s\n", dir, dir, scrt, skey, pin);
+	    "cert = %s\nkey = %s\npin = %s\n", dir, dir, ids->srv_crt,
+	    ids->srv_key, pin);
 	return fclose(f);
 }
 
 __attribute__((destructor)) static void setup_free(void)
 {
-	static const char *const names[] = { "srv", "cli" };
-	if (cli_ctx == NULL)
-		return;
 	tls_ctx_free(cli_ctx);
-	fuzz_ids_cleanup(names, 2);
 }
 
 struct wr {

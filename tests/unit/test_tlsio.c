@@ -10,46 +10,27 @@
 
 #include <mbedtls/ssl.h>
 
-#include "../fuzz/fuzz_ids.h"
 #include "compat.h"
 #include "config.h"
 #include "log.h"
 #include "reason.h"
-#include "rng.h"
 #include "tls.h"
 #include "tlsio.h"
+#include "unit_ids.h"
 
 static struct tls_ctx *srv_ctx, *cli_ctx;
 
 /* Make both contexts once (two P-256 identities, each pinning the other). */
 static int contexts(void)
 {
-	static char scrt[FUZZ_PATH_MAX], skey[FUZZ_PATH_MAX];
-	static char ccrt[FUZZ_PATH_MAX], ckey[FUZZ_PATH_MAX];
-	static struct pin srv_pin, cli_pin;
 	static struct cfg_tunnel s, c;
 	char err[512];
 	if (srv_ctx != NULL)
 		return 0;
-	if (rng_init() != 0)
+	struct unit_ids *ids = unit_ids();
+	if (ids == NULL || unit_tunnel(&s, ids, CFG_SERVER) != 0 ||
+	    unit_tunnel(&c, ids, CFG_CLIENT) != 0)
 		return -1;
-	fuzz_ids_init();
-	fuzz_make_identity("srv", scrt, skey, &srv_pin);
-	fuzz_make_identity("cli", ccrt, ckey, &cli_pin);
-	snprintf(s.name, sizeof s.name, "unit");
-	s.cert = scrt;
-	s.key = skey;
-	s.pins = &cli_pin;
-	s.npins = 1;
-	c = s;
-	c.cert = ccrt;
-	c.key = ckey;
-	c.pins = &srv_pin;
-	if (addr_parse("127.0.0.1:0", &s.listen, err, sizeof err) != 0 ||
-	    addr_parse("127.0.0.1:1", &s.connect, err, sizeof err) != 0)
-		return -1;
-	c.listen = s.listen;
-	c.connect = s.connect;
 	if (tls_ctx_new(&s, CFG_SERVER, (uid_t)-1, &srv_ctx, err,
 	    sizeof err) != 0 ||
 	    tls_ctx_new(&c, CFG_CLIENT, (uid_t)-1, &cli_ctx, err,
@@ -62,12 +43,8 @@ static int contexts(void)
 
 __attribute__((destructor)) static void contexts_free(void)
 {
-	static const char *const names[] = { "srv", "cli" };
-	if (srv_ctx == NULL && cli_ctx == NULL)
-		return;
 	tls_ctx_free(srv_ctx);
 	tls_ctx_free(cli_ctx);
-	fuzz_ids_cleanup(names, 2);
 }
 
 struct pair {

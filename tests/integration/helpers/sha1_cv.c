@@ -30,6 +30,8 @@
 #include <mbedtls/ssl_internal.h>
 #include <mbedtls/x509_crt.h>
 
+#include "handshake_ping.h"
+
 struct tap {
 	mbedtls_net_context *net;
 	mbedtls_ssl_context *ssl;
@@ -145,89 +147,30 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: sha1_cv HOST PORT CERT KEY sha1|sha256\n");
 		return 2;
 	}
-	mbedtls_net_context net;
-	mbedtls_ssl_context ssl;
-	mbedtls_ssl_config conf;
-	mbedtls_x509_crt crt;
-	mbedtls_pk_context key;
-	mbedtls_entropy_context ent;
-	mbedtls_ctr_drbg_context drbg;
-	struct tap t = { .net = &net, .ssl = &ssl, .key = &key,
-		.drbg = &drbg, .rewrite = strcmp(argv[5], "sha1") == 0,
+	struct hp_client c;
+	struct tap t = { .net = &c.net, .ssl = &c.ssl, .key = &c.key,
+		.drbg = &c.drbg, .rewrite = strcmp(argv[5], "sha1") == 0,
 		.out_plain = true, .in_plain = true };
-	int rc;
-
-	mbedtls_net_init(&net);
-	mbedtls_ssl_init(&ssl);
-	mbedtls_ssl_config_init(&conf);
-	mbedtls_x509_crt_init(&crt);
-	mbedtls_pk_init(&key);
-	mbedtls_entropy_init(&ent);
-	mbedtls_ctr_drbg_init(&drbg);
 	mbedtls_sha1_init(&t.tr);
 	mbedtls_sha1_starts_ret(&t.tr);
 	mbedtls_sha256_init(&t.snap256);
 	mbedtls_sha512_init(&t.snap512);
-	if (mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &ent, NULL, 0) ||
-	    mbedtls_x509_crt_parse_file(&crt, argv[3]) ||
-	    mbedtls_pk_parse_keyfile(&key, argv[4], NULL)) {
-		fprintf(stderr, "sha1_cv: cannot load %s / %s\n", argv[3], argv[4]);
-		return 2;
+	int rc = hp_open(&c, "sha1_cv", argv[3], argv[4]);
+	if (rc == 0) {
+		mbedtls_ssl_conf_min_version(&c.conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+		    MBEDTLS_SSL_MINOR_VERSION_3);
+		/* No ticket, no resumption: every run has a CertificateVerify. */
+		mbedtls_ssl_conf_session_tickets(&c.conf,
+		    MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
+		rc = hp_connect(&c, "sha1_cv", argv[1], argv[2]);
 	}
-	if (mbedtls_ssl_config_defaults(&conf, MBEDTLS_SSL_IS_CLIENT,
-	    MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT))
-		return 2;
-	mbedtls_ssl_conf_authmode(&conf, MBEDTLS_SSL_VERIFY_NONE);
-	mbedtls_ssl_conf_rng(&conf, mbedtls_ctr_drbg_random, &drbg);
-	mbedtls_ssl_conf_read_timeout(&conf, 10000);
-	mbedtls_ssl_conf_min_version(&conf, MBEDTLS_SSL_MAJOR_VERSION_3,
-	    MBEDTLS_SSL_MINOR_VERSION_3);
-	/* No session ticket, no resumption: every run has a CertificateVerify. */
-	mbedtls_ssl_conf_session_tickets(&conf, MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
-	if (mbedtls_ssl_conf_own_cert(&conf, &crt, &key) ||
-	    mbedtls_ssl_setup(&ssl, &conf))
-		return 2;
-	if ((rc = mbedtls_net_connect(&net, argv[1], argv[2],
-	    MBEDTLS_NET_PROTO_TCP)) != 0) {
-		fprintf(stderr, "sha1_cv: connect: -0x%04x\n", -rc);
-		return 2;
+	if (rc == 0) {
+		mbedtls_ssl_set_bio(&c.ssl, &t, tap_send, NULL, tap_recv);
+		rc = handshake_ping(&c.ssl);
 	}
-	mbedtls_ssl_set_bio(&ssl, &t, tap_send, NULL, tap_recv);
-	while ((rc = mbedtls_ssl_handshake(&ssl)) != 0) {
-		if (rc != MBEDTLS_ERR_SSL_WANT_READ &&
-		    rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
-			printf("handshake failed: -0x%04x\n", -rc);
-			if (rc == MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE)
-				printf("alert %u\n", (unsigned)ssl.in_msg[1]);
-			return 1;
-		}
-	}
-	printf("handshake ok\n");
-	fflush(stdout);
-	const unsigned char ping[] = "ping\n";
-	if (mbedtls_ssl_write(&ssl, ping, 5) != 5) {
-		printf("write failed\n");
-		return 1;
-	}
-	unsigned char buf[64];
-	size_t got = 0;
-	while (got < 5) {
-		rc = mbedtls_ssl_read(&ssl, buf + got, sizeof buf - got);
-		if (rc <= 0) {
-			printf("read ended: -0x%04x after %zu bytes\n", -rc, got);
-			return 1;
-		}
-		got += (size_t)rc;
-	}
-	bool ok = memcmp(buf, ping, 5) == 0;
-	printf(ok ? "echo ok\n" : "echo wrong\n");
-	mbedtls_ssl_close_notify(&ssl);
-	mbedtls_net_free(&net);
-	mbedtls_ssl_free(&ssl);
-	mbedtls_ssl_config_free(&conf);
-	mbedtls_x509_crt_free(&crt);
-	mbedtls_pk_free(&key);
-	mbedtls_ctr_drbg_free(&drbg);
-	mbedtls_entropy_free(&ent);
-	return ok ? 0 : 1;
+	hp_free(&c);
+	mbedtls_sha1_free(&t.tr);
+	mbedtls_sha256_free(&t.snap256);
+	mbedtls_sha512_free(&t.snap512);
+	return rc;
 }
