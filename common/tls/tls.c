@@ -602,10 +602,26 @@ enum tls_verdict tls_check_peer(const struct tls_ctx *now,
 	const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(ssl);
 	if (crt == NULL)
 		return peer->verdict = TLS_PEER_NO_CERT;
+	if (now != peer->ctx)		/* reloaded since it began */
+		return peer->verdict = judge(now, crt, peer);
 	/* The verify callback passed this very chain under these settings. */
-	if (peer->verified && now == peer->ctx)
+	if (peer->verified)
 		return peer->verdict = TLS_PEER_OK;
-	return peer->verdict = judge(now, crt, peer);
+	/*
+	 * Resumed under the settings that judged the session: the server's
+	 * ticket_open judged the ticket's certificate in this handshake, and
+	 * the client's cache (in this context) keeps only sessions that
+	 * passed under it. The chain is not verified a second time on the
+	 * resumption path; what time can change since, expiry, is checked.
+	 */
+	if (pin_of_crt(crt, &peer->pin) != 0)
+		return peer->verdict = TLS_PEER_PIN_MISMATCH;
+	peer->has_pin = true;
+	if (now->npins > 0 && !pin_in(&peer->pin, now->pins, now->npins))
+		return peer->verdict = TLS_PEER_PIN_MISMATCH;
+	if (now->has_ca && mbedtls_x509_time_is_past(&crt->valid_to))
+		return peer->verdict = TLS_PEER_CHAIN_INVALID;
+	return peer->verdict = TLS_PEER_OK;
 }
 
 void tls_session_resume(struct tls_ctx *ctx, mbedtls_ssl_context *ssl)

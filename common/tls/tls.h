@@ -77,9 +77,12 @@ int tls_session_setup_pool(const struct tls_ctx *ctx,
  * tunnel's settings change before the peer reaches the backend: judge the
  * peer against now, the tunnel's current context. It must have presented
  * a certificate; if the verify callback passed it under now, that
- * verdict stands; otherwise (a resumed session, or settings reloaded
- * since the connection began) its certificate is judged from scratch:
- * pins, and with a CA the chain and name again, never a stored verdict.
+ * verdict stands. A session resumed under now was judged under now
+ * already (the server's ticket callback, the client's cache of sessions
+ * that passed): its pin and, with a CA, its expiry are checked again.
+ * With settings reloaded since the connection began, its certificate is
+ * judged from scratch: pins, and with a CA the chain and name again,
+ * never a stored verdict.
  * Fills peer->pin (has_pin) and returns the verdict (also peer->verdict).
  */
 enum tls_verdict tls_check_peer(const struct tls_ctx *now,
