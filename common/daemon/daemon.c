@@ -5,6 +5,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 #include "plan.h"
 #include "rng.h"
 #include "status.h"
+#include "watch.h"
 #include "workers.h"
 
 struct daemon {
@@ -35,6 +37,9 @@ struct daemon {
 	struct status *status;
 	uv_signal_t sig_term, sig_int, sig_hup;
 	uv_timer_t drain_timer;
+	struct watch *watch;		/* file events and reload_interval */
+	/* watch_digest of what the last reload attempt read (reload_check). */
+	unsigned char digest[32];
 	bool handles_open;
 	bool stopping;
 	int exit_code;
@@ -49,6 +54,8 @@ static void close_daemon_handles(struct daemon *d)
 	uv_close((uv_handle_t *)&d->sig_int, NULL);
 	uv_close((uv_handle_t *)&d->sig_hup, NULL);
 	uv_close((uv_handle_t *)&d->drain_timer, NULL);
+	watch_close(d->watch);
+	d->watch = NULL;
 	status_stop(d->status);
 	d->status = NULL;
 }
@@ -81,6 +88,8 @@ static void on_drain_timeout(uv_timer_t *timer)
 static void daemon_stop(struct daemon *d)
 {
 	d->stopping = true;
+	watch_close(d->watch);		/* a reload is ignored from now on */
+	d->watch = NULL;
 	page_draining(d->page);
 	if (d->handles_open)
 		uv_timer_start(&d->drain_timer, on_drain_timeout,
@@ -136,9 +145,22 @@ static unsigned workers_wanted(const struct cfg *cfg)
 #endif
 }
 
+/* What asked for a reload, and the file it saw change (or NULL). */
+struct trigger {
+	const char *why;	/* signal | file | interval */
+	const char *changed;
+};
+
+static void log_trigger(struct log_line *l, const struct trigger *tr)
+{
+	log_str(l, "trigger", tr->why);
+	if (tr->changed != NULL)
+		log_str(l, "changed", tr->changed);
+}
+
 /* Say what a reload did, now that it is done. */
 static void log_reloaded(struct daemon *d, const struct cfg *cfg,
-    size_t kept, size_t added, size_t removed)
+    size_t kept, size_t added, size_t removed, const struct trigger *tr)
 {
 	struct log_line l;
 	unsigned nworkers = d->plan_ctx.nworkers;
@@ -155,19 +177,93 @@ static void log_reloaded(struct daemon *d, const struct cfg *cfg,
 	log_u64(&l, "kept", kept);
 	log_u64(&l, "added", added);
 	log_u64(&l, "removed", removed);
+	log_trigger(&l, tr);
 	log_end(&l);
 }
 
+/* The files a config names (cfg_files), as an array of its strings. */
+struct paths {
+	const char **v;
+	size_t n, cap;
+	bool oom;
+};
+
+static void add_path(const char *path, void *arg)
+{
+	struct paths *ps = arg;
+	if (ps->oom)
+		return;
+	if (ps->n == ps->cap) {
+		size_t cap = ps->cap ? ps->cap * 2 : 8;
+		const char **v = realloc(ps->v, cap * sizeof *v);
+		if (v == NULL) {
+			ps->oom = true;
+			return;
+		}
+		ps->v = v;
+		ps->cap = cap;
+	}
+	ps->v[ps->n++] = path;
+}
+
 /*
- * SIGHUP: load the file and every certificate and key it names, bind what
- * is new, and only then switch. Any failure on the way changes nothing.
+ * Before a reload reads the files cfg names (cfg NULL: a config that
+ * did not load, named by path): watch them from now on, then take their
+ * digest, seeded with the text cfg was parsed from. In that order, a
+ * change that lands after the digest was taken is an event still to
+ * come, so a reload that compares digests never misses one. Returns
+ * whether the digest differs from the last attempt's (and records it);
+ * true when it could not be taken.
  */
-static void reload(struct daemon *d)
+static bool reload_check(struct daemon *d, const struct cfg *cfg,
+    const char *path)
+{
+	static const unsigned char none[32];
+	struct paths ps = { 0 };
+	unsigned char digest[32];
+	bool changed = true;
+	if (cfg != NULL)
+		cfg_files(cfg, add_path, &ps);
+	else
+		add_path(path, &ps);
+	if (ps.oom)
+		goto out;
+	if (cfg != NULL && d->watch != NULL)
+		watch_set(d->watch, ps.v, ps.n);
+	if (watch_digest(cfg != NULL ? cfg->text_sha256 : none, ps.v, ps.n,
+	    digest) != 0)
+		goto out;
+	changed = memcmp(digest, d->digest, sizeof digest) != 0;
+	memcpy(d->digest, digest, sizeof digest);
+out:
+	free(ps.v);
+	return changed;
+}
+
+/*
+ * SIGHUP, or a change the watch saw: load the file and every certificate
+ * and key it names, bind what is new, and only then switch. Any failure
+ * on the way changes nothing. Triggered by the watch, a reload whose
+ * files hold what the last attempt read (successful or not) does nothing
+ * and says so at debug only; SIGHUP always reloads.
+ */
+static void reload(struct daemon *d, const struct trigger *tr)
 {
 	char err[1024];
 	struct cfg *cfg;
 	struct status *old_status = d->status;
-	if (cfg_load(d->path, d->role, &cfg, err, sizeof err) != 0)
+	struct log_line l;
+	bool signalled = strcmp(tr->why, "signal") == 0;
+	int loaded = cfg_load(d->path, d->role, &cfg, err, sizeof err);
+	if (!reload_check(d, cfg, d->path) && !signalled) {
+		cfg_release(cfg);
+		log_begin(&l, LOG_DEBUG, "reload_unchanged");
+		log_str(&l, "file", d->path);
+		log_trigger(&l, tr);
+		log_end(&l);
+		return;
+	}
+	if (loaded != 0)
 		goto fail_0;
 	struct plan *p = plan_new(&d->plan_ctx, cfg, err, sizeof err);
 	if (p == NULL)
@@ -188,10 +284,12 @@ static void reload(struct daemon *d)
 	page_apply(d->page, p);
 	workers_apply(d->workers, p);
 	plan_release(p);
-	log_reloaded(d, cfg, kept, plan_size(p) - kept, removed);
+	log_reloaded(d, cfg, kept, plan_size(p) - kept, removed, tr);
 	cfg_release(d->cfg);
 	d->cfg = cfg;
 	log_setup(cfg->log_level, cfg->log_json);
+	if (d->watch != NULL)
+		watch_enable(d->watch, cfg->watch, cfg->reload_interval_ms);
 	page_reloaded(d->page, true);
 	return;
 
@@ -202,22 +300,38 @@ fail_1:
 	cfg_release(cfg);
 fail_0:
 	page_reloaded(d->page, false);
-	struct log_line l;
 	log_begin(&l, LOG_ERROR, "reload_failed");
 	log_str(&l, "file", d->path);
 	log_str(&l, "error", err);
 	log_str(&l, "msg", "the running configuration is unchanged");
+	log_trigger(&l, tr);
 	log_end(&l);
+}
+
+/* The watch: a burst of file events ended, or reload_interval fired. */
+static void on_watch(void *arg, enum watch_trigger why, const char *changed)
+{
+	struct daemon *d = arg;
+	struct trigger tr = {
+		.why = why == WATCH_FILE ? "file" : "interval",
+		.changed = changed,
+	};
+	if (!d->stopping)
+		reload(d, &tr);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
 {
 	struct daemon *d = s->data;
 	if (signum == SIGHUP) {
-		if (d->stopping)
+		static const struct trigger tr = { .why = "signal" };
+		if (d->stopping) {
 			log_msg(LOG_WARN, "reload_ignored", "stopping: SIGHUP ignored");
-		else
-			reload(d);
+		} else {
+			/* It reads everything now: events so far are covered. */
+			watch_settle(d->watch);
+			reload(d, &tr);
+		}
 		return;
 	}
 	if (d->stopping) {
@@ -314,6 +428,13 @@ static void start(struct daemon *d)
 		snprintf(err, sizeof err, "cannot install signal handlers");
 		goto fail;
 	}
+	/* Watch first, then digest, then load (reload_check says why). */
+	if (watch_new(&d->loop, on_watch, d, &d->watch) != 0) {
+		snprintf(err, sizeof err, "out of memory");
+		goto fail;
+	}
+	watch_enable(d->watch, d->cfg->watch, d->cfg->reload_interval_ms);
+	reload_check(d, d->cfg, d->path);
 	p = plan_new(&d->plan_ctx, d->cfg, err, sizeof err);
 	if (p == NULL)
 		goto fail;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compat.h"
 #include "config_keys.h"
 
 #define FILE_MAX (1024 * 1024)
@@ -42,6 +43,7 @@ static const struct cfg cfg_defaults = {
 	.refs = 1,
 	.log_level = LOG_INFO,
 	.drain_timeout_ms = 15 * 1000,
+	.watch = true,
 };
 
 static const struct cfg_tunnel tunnel_defaults = {
@@ -456,8 +458,12 @@ int cfg_load(const char *path, enum cfg_role role, struct cfg **out,
 		free(p.cfg);
 		return -1;
 	}
-	if (read_file(&p) == 0)
+	if (read_file(&p) == 0) {
+		if (compat_sha256((const unsigned char *)p.text, p.len,
+		    p.cfg->text_sha256) != 0)
+			fail(&p, 0, NULL, NULL, "cannot hash the file");
 		parse(&p);
+	}
 	free(p.text);
 	if (p.failed) {
 		cfg_free(p.cfg);
@@ -484,6 +490,21 @@ void cfg_free(struct cfg *c)
 	free(c->path);
 	free(c->user);
 	free(c);
+}
+
+void cfg_files(const struct cfg *c, void (*fn)(const char *path, void *arg),
+    void *arg)
+{
+	fn(c->path, arg);
+	for (size_t i = 0; i < c->ntunnels; i++) {
+		const struct cfg_tunnel *t = &c->tunnels[i];
+		const char *const named[] = {
+			t->cert, t->key, t->ca, t->ticket_key_file,
+		};
+		for (size_t j = 0; j < ARRAY_LEN(named); j++)
+			if (named[j] != NULL)
+				fn(named[j], arg);
+	}
 }
 
 struct cfg *cfg_hold(struct cfg *c)

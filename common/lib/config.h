@@ -72,6 +72,10 @@ struct cfg {
 	bool status_allow_remote;	/* default false: loopback or unix */
 	char *user;			/* drop privileges to; NULL if not set */
 	unsigned workers;		/* event-loop threads; 0 = auto (cores) */
+	bool watch;			/* reload on file events; default true */
+	uint64_t reload_interval_ms;	/* reload on content change; 0 = off */
+	/* SHA-256 of the file's text as this load parsed it. */
+	unsigned char text_sha256[32];
 	_Atomic unsigned refs;			/* cfg_hold / cfg_release; 1 after load */
 	struct cfg_tunnel *tunnels;	/* ntunnels entries (heap) */
 	size_t ntunnels;
@@ -96,6 +100,17 @@ void cfg_free(struct cfg *c);
  */
 struct cfg *cfg_hold(struct cfg *c);
 void cfg_release(struct cfg *c);
+
+/*
+ * Call fn(path, arg) for every file c names, in a stable order: the
+ * config file itself first, then, for each tunnel in file order, its cert,
+ * key, ca and ticket_key_file (those set). A path may come more than once.
+ * The paths are c's: valid while c is. Every key that names a file is
+ * listed here, and only here, so that what a reload reads and what the
+ * daemon watches stay the same set.
+ */
+void cfg_files(const struct cfg *c, void (*fn)(const char *path, void *arg),
+    void *arg);
 
 /*
  * Parse a duration with a unit: `250ms`, `10s`, `5m`, `1h`; `0` alone is

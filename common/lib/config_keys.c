@@ -327,6 +327,10 @@ const struct cfg_key cfg_upseal_keys[] = {
 	KEY("workers", set_workers, offsetof(struct cfg, workers),
 	    "auto or a number from 1 to " CFG_WORKERS_MAX_TEXT,
 	    .min = 1, .max = CFG_WORKERS_MAX),
+	KEY("watch", set_bool, offsetof(struct cfg, watch), "yes or no"),
+	KEY("reload_interval", set_duration,
+	    offsetof(struct cfg, reload_interval_ms), DURATION_FORM,
+	    .min = 0, .max = HOUR_MS),
 };
 
 const size_t cfg_nupseal_keys = ARRAY_LEN(cfg_upseal_keys);
