@@ -20,6 +20,10 @@ QUIET_S = 0.3          # WATCH_QUIET_MS
 # A window in which nothing may happen: a few quiet periods, kept short.
 NOTHING_S = scaled(1.0, 2.0)
 LEVELS_ABOVE_DEBUG = ("info", "warn", "error")
+# Where a test checks which certificate the next connection gets: one
+# worker, so that `reloaded` means every listener has the new settings
+# (other workers apply a reload a moment later, through their mailbox).
+ONE_WORKER = {"workers": "1"}
 
 
 # --- helpers --------------------------------------------------------------
@@ -200,7 +204,7 @@ def test_kubelet_swap_while_streaming(h):
     kd = KubeDir(h, "secret", {"tls.crt": read(old.crt),
                                "tls.key": read(old.key)})
     cli, srv, _, _ = pair(h, be, (kd.path("tls.crt"), kd.path("tls.key")),
-                          client_pins=[old.pin, new.pin])
+                          client_pins=[old.pin, new.pin], server_up=ONE_WORKER)
     addr = cli.addr("app")
     echo_once(h, addr)
     cli.wait_event("conn_end", scaled(10, 30), count=1)
@@ -266,7 +270,7 @@ def test_cp_over_the_certificate(h):
     shutil.copyfile(sid.key, key)
     os.chmod(key, 0o600)
     cli, srv, _, _ = pair(h, be, (crt, key), client_pins=[sid.pin, new.pin],
-                          sid=sid)
+                          sid=sid, server_up=ONE_WORKER)
     echo_once(h, cli.addr("app"))
     n = count(srv, "reloaded")
     for src, dst in ((new.key, key), (new.crt, crt)):
@@ -382,6 +386,7 @@ def test_event_without_change_logs_nothing_at_info(h):
     be = h.echo_backend()
     cli, srv, sid, cid = pair(h, be, client_up={"log_level": "debug"})
     echo_once(h, cli.addr("app"))
+    cli.wait_event("conn_end", scaled(10, 30), count=1)
     mark = len(cli.lines())
     n = count(cli, "reload_unchanged")
     data = read(cid.crt)
