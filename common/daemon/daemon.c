@@ -278,13 +278,13 @@ static void reload(struct daemon *d, const struct trigger *tr)
 	/* Commit: nothing below can fail in a way that needs undoing. */
 	if (status_changed)
 		status_stop(old_status);
-	size_t kept = plan_kept(p);
+	size_t kept = plan_kept(p), added = plan_size(p) - kept;
 	size_t removed = workers_running(d->workers)->n - kept;
 	plan_log(p);
 	page_apply(d->page, p);
 	workers_apply(d->workers, p);
-	plan_release(p);
-	log_reloaded(d, cfg, kept, plan_size(p) - kept, removed, tr);
+	plan_release(p);	/* with one worker, the last reference */
+	log_reloaded(d, cfg, kept, added, removed, tr);
 	cfg_release(d->cfg);
 	d->cfg = cfg;
 	log_setup(cfg->log_level, cfg->log_json);
