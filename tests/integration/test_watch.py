@@ -400,3 +400,75 @@ def test_event_without_change_logs_nothing_at_info(h):
               if any(("level=%s " % lv) in ln for lv in LEVELS_ABOVE_DEBUG)]
     check_eq(louder, [], "lines at info or above after a change-less event")
     echo_once(h, cli.addr("app"), b"still\n")
+
+
+@timeout(60)
+def test_unwatchable_directory_is_a_warning(h):
+    """A directory that cannot be watched (here: no read permission, which
+    inotify needs, while the files in it stay reachable by path) is one
+    warning naming it; the sidecar starts, serves, and SIGHUP reloads."""
+    if os.geteuid() == 0:
+        h.skip("root reads any directory: nothing to refuse the watch")
+    be = h.echo_backend()
+    sid = h.identity("srv")
+    hidden = h.path("hidden")
+    os.mkdir(hidden)
+    crt, key = os.path.join(hidden, "srv.crt"), os.path.join(hidden, "srv.key")
+    shutil.copyfile(sid.crt, crt)
+    shutil.copyfile(sid.key, key)
+    os.chmod(key, 0o600)
+    os.chmod(hidden, 0o311)
+    h.cleanups.append(lambda: os.chmod(hidden, 0o755))
+    cli, srv, _, _ = pair(h, be, (crt, key), sid=sid)
+    w = srv.wait_event("watch_failed", 5, path=os.path.realpath(hidden))
+    check("denied" in w.get("error", "").lower(), "error=%r" % w.get("error"))
+    check_eq(len(srv.events("watch_failed")), 1, "watch_failed lines")
+    echo_once(h, cli.addr("app"))
+    import signal
+    n = count(srv, "reloaded")
+    srv.signal(signal.SIGHUP)
+    wait_reload(srv, n, trigger="signal")
+    check_eq(len(srv.events("watch_failed")), 1, "watch_failed lines after "
+             "a reload (warned once)")
+    echo_once(h, cli.addr("app"), b"after\n")
+
+
+@timeout(60)
+def test_missing_directory_is_a_warning_then_watched(h):
+    """A config saved with the key and certificate in a directory that
+    does not exist yet: the reload fails, the directory cannot be watched
+    (one warning naming it), the sidecar serves on. Once the directory is
+    there, SIGHUP reloads and watches it: a change in it reloads by
+    itself."""
+    be = h.echo_backend()
+    cli, srv, sid, cid = pair(h, be, client_up={"log_level": "debug"})
+    ini = cli.argv[-1]
+    text = open(ini).read()
+    later = h.path("later")
+    crt, key = os.path.join(later, "cli.crt"), os.path.join(later, "cli.key")
+    n_failed = count(cli, "reload_failed")
+    replace_text(ini, text.replace(cid.crt, crt).replace(cid.key, key))
+    d = cli.wait_event("reload_failed", scaled(10, 30), count=n_failed + 1)
+    check_eq(d.get("trigger"), "file", "reload_failed trigger")
+    w = cli.wait_event("watch_failed", 5, path=later)
+    check("no such file" in w.get("error", "").lower(),
+          "error=%r" % w.get("error"))
+    echo_once(h, cli.addr("app"), b"served on\n")
+    os.mkdir(later)
+    shutil.copyfile(cid.crt, crt)
+    shutil.copyfile(cid.key, key)
+    os.chmod(key, 0o600)
+    import signal
+    n = count(cli, "reloaded")
+    cli.signal(signal.SIGHUP)
+    wait_reload(cli, n, trigger="signal")
+    cli.wait_event("watching", 5, dir=os.path.realpath(later))
+    check_eq(len(cli.events("watch_failed")), 1, "watch_failed lines")
+    # Watched now: a new identity copied in reloads by itself.
+    new = h.identity("cli-new")
+    for src, dst in ((new.key, key), (new.crt, crt)):
+        r = h.run(["cp", src, dst])
+        check_eq(r.returncode, 0, "cp %s %s: %s" % (src, dst, r.err))
+    d = wait_reload(cli, n + 1)
+    check(d.get("changed", "").startswith(os.path.realpath(later) + "/"),
+          "changed=%r" % d.get("changed"))
