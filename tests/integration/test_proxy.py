@@ -1,0 +1,560 @@
+"""The PROXY protocol, with real peers on both ends.
+
+  sender (Python, nginx stream, haproxy) --PROXY header + plaintext-->
+  upseal-client (proxy_protocol = accept) ==mTLS, upseal/2 preamble==>
+  upseal-server (proxy_protocol = v1 | v2) --PROXY header + plaintext-->
+  backend (raw Python socket, haproxy accept-proxy, nginx proxy_protocol)
+
+What the backends receive is parsed here by a parser of this file's own
+(nothing of the product's is imported), byte by byte: the v2 signature,
+command, family, addresses, every TLV (authority, unique id, SSL and its
+sub-TLVs, the client's pin), then the data, intact. Bad headers are
+refused by upseal-client with nothing reaching upseal-server; the
+counters in /metrics follow.
+"""
+
+import base64
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import time
+
+from harness import (Backend, Proc, Skip, TestFailure, check, check_eq,
+                     free_port, recv_all, scaled, slow, tail, timeout,
+                     wait_closed)
+from test_operate import Side, scrape
+from test_pool import _wait_metric
+from test_twohost import NET_A, NET_B, TwoHosts, _netns_permitted, ns_connect
+from tlsver import tls13
+
+V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+T_AUTHORITY, T_CRC32C, T_UNIQUE_ID, T_SSL, T_PIN = 0x02, 0x03, 0x05, 0x20, 0xE0
+S_VERSION, S_CN, S_CIPHER, S_SIG_ALG, S_KEY_ALG = 0x21, 0x22, 0x23, 0x24, 0x25
+SNI = "backend.example"
+
+
+# --- an independent PROXY protocol parser (haproxy's proxy-protocol.txt) --
+
+def split_header(buf):
+    """(header, rest) of what a backend read: v1 or v2, else a failure."""
+    if buf.startswith(V2_SIG):
+        check(len(buf) >= 16, "a v2 header cut short: %r" % buf)
+        n = 16 + struct.unpack("!H", buf[14:16])[0]
+        check(len(buf) >= n, "v2 header of %d bytes, %d came" % (n, len(buf)))
+        return buf[:n], buf[n:]
+    if buf.startswith(b"PROXY "):
+        i = buf.find(b"\r\n")
+        check(0 < i and i + 2 <= 107, "v1 line without CRLF within 107 "
+              "bytes: %r" % buf[:120])
+        return buf[:i + 2], buf[i + 2:]
+    raise TestFailure("no PROXY header at the start of %r" % buf[:64])
+
+
+def parse_tlvs(b, what):
+    out = []
+    off = 0
+    while off < len(b):
+        check(off + 3 <= len(b), "%s: a TLV head cut at %d of %d: %r"
+              % (what, off, len(b), b))
+        t, n = b[off], struct.unpack("!H", b[off + 1:off + 3])[0]
+        check(off + 3 + n <= len(b), "%s: TLV 0x%02x of %d bytes overruns "
+              "(%d left)" % (what, t, n, len(b) - off - 3))
+        out.append((t, bytes(b[off + 3:off + 3 + n])))
+        off += 3 + n
+    return out
+
+
+def parse_v2(hdr):
+    """A v2 header into a dict: cmd, fam, src, sport, dst, dport, tlvs."""
+    check(hdr[:12] == V2_SIG, "v2 signature: %r" % hdr[:12])
+    body = hdr[16:]
+    check_eq(len(body), struct.unpack("!H", hdr[14:16])[0], "v2 length")
+    d = {"ver_cmd": hdr[12], "fam": hdr[13]}
+    fam = hdr[13]
+    if fam == 0x11:
+        alen, af, n = 12, socket.AF_INET, 4
+    elif fam == 0x21:
+        alen, af, n = 36, socket.AF_INET6, 16
+    elif fam == 0x00:
+        alen = 0
+    else:
+        raise TestFailure("v2 family 0x%02x unexpected here" % fam)
+    check(len(body) >= alen, "v2 address block of %d bytes, %d there"
+          % (alen, len(body)))
+    if alen:
+        d["src"] = socket.inet_ntop(af, body[:n])
+        d["dst"] = socket.inet_ntop(af, body[n:2 * n])
+        d["sport"], d["dport"] = struct.unpack("!HH", body[2 * n:2 * n + 4])
+    d["tlvs"] = parse_tlvs(body[alen:], "v2 TLVs")
+    return d
+
+
+def tlv(d, t):
+    vals = [v for k, v in d["tlvs"] if k == t]
+    check_eq(len(vals), 1, "number of TLVs of type 0x%02x in %r"
+             % (t, d["tlvs"]))
+    return vals[0]
+
+
+def parse_ssl(v):
+    check(len(v) >= 5, "PP2_TYPE_SSL of %d bytes" % len(v))
+    return v[0], struct.unpack("!I", v[1:5])[0], parse_tlvs(v[5:], "SSL TLV")
+
+
+def v2_header(src, dst, sport, dport, tlvs=b"", cmd=0x21, fam=None):
+    """A v2 header as a sender (nginx, haproxy) writes it."""
+    if fam is None:
+        fam = 0x21 if ":" in src else 0x11
+    af = socket.AF_INET6 if fam >> 4 == 2 else socket.AF_INET
+    addrs = (socket.inet_pton(af, src) + socket.inet_pton(af, dst) +
+             struct.pack("!HH", sport, dport))
+    body = addrs + tlvs
+    return V2_SIG + bytes([cmd, fam]) + struct.pack("!H", len(body)) + body
+
+
+def v2_local():
+    return V2_SIG + b"\x20\x00\x00\x00"
+
+
+def hostport(text):
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+# --- peers ----------------------------------------------------------------
+
+class RecordingBackend(Backend):
+    """Reads to EOF (the PROXY header and the data), records it with the
+    TCP peer it came from, answers b"ok" and FIN."""
+
+    def handle(self, s, idx):
+        peer = s.getpeername()
+        buf = bytearray()
+        while len(buf) < 1 << 20:
+            d = s.recv(65536)
+            if not d:
+                break
+            buf += d
+        s.sendall(b"ok")
+        s.shutdown(socket.SHUT_WR)
+        with self.lock:
+            self.results.append({"idx": idx, "raw": bytes(buf), "peer": peer})
+
+
+def exchange(h, addr, payload, chunks=None, src_ip=None, timeout_s=None):
+    """Connect to addr (from src_ip), send payload (in chunks: a list of
+    lengths, one send each), half-close, expect b"ok" then EOF."""
+    timeout_s = timeout_s or scaled(10, 30)
+    host, port = hostport(addr)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    h.socks.append(s)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if src_ip:
+        s.bind((src_ip, 0))
+    s.settimeout(timeout_s)
+    s.connect((host, port))
+    if chunks is None:
+        s.sendall(payload)
+    else:
+        off = 0
+        for n in chunks:
+            s.sendall(payload[off:off + n])
+            off += n
+        s.sendall(payload[off:])
+    s.shutdown(socket.SHUT_WR)
+    got = recv_all(s, timeout_s)
+    check_eq(got, (b"ok", "eof"), "the backend's answer through %s" % addr)
+    local = s.getsockname()
+    s.close()
+    return local
+
+
+def pin_bytes(h, crt):
+    """The 32 bytes `upseal-certs pin CRT` names."""
+    r = h.run([h.bin("upseal-certs"), "pin", crt])
+    check_eq(r.returncode, 0, "upseal-certs pin %s (%s)" % (crt, r.err))
+    m = re.fullmatch(r"sha256//([A-Za-z0-9+/]{43}=)", r.out.strip())
+    check(m, "upseal-certs pin printed %r" % r.out)
+    raw = base64.b64decode(m.group(1))
+    check_eq(len(raw), 32, "pin length")
+    return raw
+
+
+def start_sides(h, backend_addr, tag="", sid=None, cid=None,
+                server_extra=None, client_extra=None, upseal=None):
+    """upseal-server in front of backend_addr, upseal-client in front of
+    it, both with a status endpoint; names end in tag (several pairs)."""
+    sid = sid or h.identity("srv")
+    cid = cid or h.identity("cli")
+    up = {"status": "127.0.0.1:0", "log_level": "debug"}
+    up.update(upseal or {})
+    st = {"app": dict({"listen": "127.0.0.1:0", "connect": backend_addr,
+                       "cert": sid.crt, "key": sid.key, "pin": [cid.pin],
+                       "handshake_timeout": "5s"}, **(server_extra or {}))}
+    srv = Side(h, "server", "server" + tag, st, up)
+    ct = {"app": dict({"listen": "127.0.0.1:0", "connect": srv.addr(),
+                       "cert": cid.crt, "key": cid.key, "pin": [sid.pin],
+                       "connect_timeout": "3s", "handshake_timeout": "5s"},
+                      **(client_extra or {}))}
+    cli = Side(h, "client", "client" + tag, ct, up)
+    return cli, srv, sid, cid
+
+
+def conn_end(side, n, **fields):
+    """The n-th conn_end line of side (waited for, bounded)."""
+    return side.p.wait_event("conn_end", scaled(10, 30), count=n, **fields)
+
+
+# --- 1. v2, byte by byte --------------------------------------------------
+
+def _check_v2_from_server(h, res, srv_end, srv, cid, data, full, pin):
+    hdr, rest = split_header(res["raw"])
+    check_eq(rest, data, "the data after the v2 header")
+    d = parse_v2(hdr)
+    check_eq(d["ver_cmd"], 0x21, "v2 version/command (v2, PROXY)")
+    check_eq(d["fam"], 0x11, "v2 family (TCP over IPv4)")
+    check_eq((d["src"], d["sport"]), hostport(srv_end["peer"]),
+             "v2 source vs the server's conn_end peer=")
+    check_eq((d["dst"], d["dport"]), hostport(srv.addr()),
+             "v2 destination vs the server's listen address")
+    types = [t for t, _ in d["tlvs"]]
+    check_eq(sorted(types), sorted([T_AUTHORITY, T_UNIQUE_ID, T_SSL, T_PIN]),
+             "the TLV types sent (no CRC32C, nothing else)")
+    check_eq(tlv(d, T_AUTHORITY), SNI.encode(), "PP2_TYPE_AUTHORITY (SNI)")
+    check_eq(tlv(d, T_UNIQUE_ID), srv_end["id"].encode(),
+             "PP2_TYPE_UNIQUE_ID vs the server's conn_end id")
+    client, verify, subs = parse_ssl(tlv(d, T_SSL))
+    check_eq(client, 0x07 if full else 0x05,
+             "PP2_TYPE_SSL client byte (%s handshake)"
+             % ("full" if full else "resumed"))
+    check_eq(verify, 0, "PP2_TYPE_SSL verify")
+    sub = dict(subs)
+    check_eq(sorted(sub), [S_VERSION, S_CN, S_CIPHER, S_SIG_ALG, S_KEY_ALG],
+             "SSL sub-TLV types (%r)" % subs)
+    check_eq(len(subs), 5, "SSL sub-TLVs, each once")
+    v13 = tls13(h)
+    check_eq(sub[S_VERSION], b"TLSv1.3" if v13 else b"TLSv1.2",
+             "SSL_VERSION")
+    check_eq(sub[S_CN], cid.name.encode(), "SSL_CN (the client cert's CN)")
+    ciphers = ([b"TLS_CHACHA20_POLY1305_SHA256", b"TLS_AES_128_GCM_SHA256",
+                b"TLS_AES_256_GCM_SHA384"] if v13 else
+               [b"ECDHE-ECDSA-CHACHA20-POLY1305",
+                b"ECDHE-ECDSA-AES128-GCM-SHA256",
+                b"ECDHE-ECDSA-AES256-GCM-SHA384"])
+    check(sub[S_CIPHER] in ciphers, "SSL_CIPHER %r, an OpenSSL name of "
+          "one of %r" % (sub[S_CIPHER], ciphers))
+    check_eq(sub[S_SIG_ALG], b"ecdsa-with-SHA256", "SSL_SIG_ALG")
+    check_eq(sub[S_KEY_ALG], b"EC256", "SSL_KEY_ALG")
+    check_eq(tlv(d, T_PIN), pin, "TLV 0xE0 vs `upseal-certs pin` of the "
+             "client's certificate")
+    return sub
+
+
+@timeout(60)
+def test_v2_header_byte_exact(h):
+    """server proxy_protocol = v2 to a raw backend: every field of the
+    header checked; a second connection resumes (SSL client 0x05)."""
+    be = h._backend(RecordingBackend)
+    cli, srv, sid, cid = start_sides(
+        h, be.addr, server_extra={"proxy_protocol": "v2"},
+        client_extra={"server_name": SNI})
+    pin = pin_bytes(h, cid.crt)
+    check_eq("sha256//" + base64.b64encode(pin).decode(), cid.pin,
+             "upseal-certs pin vs what upseal-certs new printed")
+    v13 = tls13(h)
+    data = [b"first connection through the tunnel\n" * 40,
+            b"second one, " + bytes(range(256)) * 8]
+    for i, payload in enumerate(data):
+        exchange(h, cli.addr(), payload)
+        res = be.wait_results(i + 1)[i]
+        end = conn_end(srv, i + 1)
+        hs = srv.p.wait_event("handshake_done", scaled(10, 30), count=i + 1)
+        chs = cli.p.wait_event("handshake_done", scaled(10, 30), count=i + 1)
+        # mbedTLS 3.6's TLS 1.3 issues no tickets here (test_resumption).
+        want_resumed = "true" if (i == 1 and not v13) else "false"
+        check_eq((hs.get("resumed"), chs.get("resumed")),
+                 (want_resumed, want_resumed),
+                 "connection %d: resumed= on the server and the client" % i)
+        check_eq(hs["id"], end["id"], "handshake_done and conn_end ids")
+        check_eq(end["reason"], "closed", "server conn_end reason")
+        check("client" not in end, "server conn_end has client= with "
+              "nothing carried: %r" % end)
+        check_eq(res["peer"][0], "127.0.0.1", "backend's TCP peer")
+        sub = _check_v2_from_server(h, res, end, srv, cid, payload,
+                                    want_resumed == "false", pin)
+        h.note("connection %d: %s %s resumed=%s" % (
+            i, sub[S_VERSION].decode(), sub[S_CIPHER].decode(),
+            want_resumed))
+    m = scrape(srv)
+    check_eq(m.count("upseal_client_addresses_carried_total", tunnel="app"),
+             0, "server: addresses carried (none: a loopback peer)")
+
+
+# --- 2. v1 ------------------------------------------------------------------
+
+@timeout(60)
+def test_v1_line_exact(h):
+    """server proxy_protocol = v1: `PROXY TCP4 src dst sport dport\\r\\n`
+    (the TLS peer, the server's address), then the data."""
+    be = h._backend(RecordingBackend)
+    cli, srv, _, _ = start_sides(h, be.addr,
+                                 server_extra={"proxy_protocol": "v1"})
+    data = b"after the v1 line\r\n" * 100
+    exchange(h, cli.addr(), data)
+    res = be.wait_results(1)[0]
+    end = conn_end(srv, 1)
+    pip, pport = hostport(end["peer"])
+    dip, dport = hostport(srv.addr())
+    line = ("PROXY TCP4 %s %s %d %d\r\n" % (pip, dip, pport, dport)).encode()
+    check_eq(res["raw"][:len(line)], line, "the v1 line")
+    check_eq(res["raw"][len(line):], data, "the data after the v1 line")
+
+
+# --- 3. accept, and the address carried ------------------------------------
+
+CARRIED_V4 = ("203.0.113.5", "198.51.100.1", 4242, 443)
+CARRIED_V6 = ("2001:db8::7", "2001:db8::1", 5555, 443)
+
+
+def _carried_case(h, tag, pool, server_pp, sid, cid, trust=True):
+    be = h._backend(RecordingBackend)
+    se = {"proxy_protocol": server_pp}
+    if not trust:
+        se["trust_client_address"] = "no"
+    ce = {"proxy_protocol": "accept"}
+    if pool:
+        ce["pool"] = str(pool)
+    cli, srv, _, _ = start_sides(h, be.addr, tag, sid, cid, se, ce)
+    what = "%s (pool %d, server %s, trust %s)" % (tag, pool, server_pp, trust)
+    sends = [
+        (v2_header(*CARRIED_V4), CARRIED_V4,
+         b"data after a v2 header, same write\n" * 10),
+        (b"PROXY TCP6 %s %s %s %s\r\n" % tuple(str(x).encode()
+                                               for x in CARRIED_V6),
+         CARRIED_V6, b"data after a v1 line for an IPv6 client\n" * 10),
+    ]
+    for i, (hdr, addrs, data) in enumerate(sends):
+        if pool:    # every connection through a ready pooled one
+            cli.p.wait_event("pool_filled", scaled(10, 30))
+            _wait_metric(cli, "upseal_pool_ready", pool)
+        exchange(h, cli.addr(), hdr + data)
+        res = be.wait_results(i + 1)[i]
+        send = conn_end(srv, i + 1)
+        cend = conn_end(cli, i + 1)
+        src, dst, sport, dport = addrs
+        fmt = "[%s]:%d" if ":" in src else "%s:%d"
+        check_eq(cend.get("client"), fmt % (src, sport),
+                 "%s #%d: client= on upseal-client's conn_end" % (what, i))
+        if trust:
+            check_eq(send.get("client"), fmt % (src, sport),
+                     "%s #%d: client= on upseal-server's conn_end" % (what, i))
+            want = (src, dst, sport, dport)
+        else:
+            check("client" not in send, "%s #%d: upseal-server logged an "
+                  "untrusted client=: %r" % (what, i, send))
+            pip, pport = hostport(send["peer"])
+            dip, dp = hostport(srv.addr())
+            want = (pip, dip, pport, dp)
+        hdr_got, rest = split_header(res["raw"])
+        check_eq(rest, data, "%s #%d: the data after the header" % (what, i))
+        if server_pp == "v2":
+            d = parse_v2(hdr_got)
+            check_eq(d["ver_cmd"], 0x21, "%s #%d: v2 command" % (what, i))
+            check_eq(d["fam"], 0x21 if ":" in want[0] else 0x11,
+                     "%s #%d: v2 family" % (what, i))
+            check_eq((d["src"], d["dst"], d["sport"], d["dport"]), want,
+                     "%s #%d: v2 addresses" % (what, i))
+            check_eq(tlv(d, T_UNIQUE_ID), send["id"].encode(),
+                     "%s #%d: unique id" % (what, i))
+        else:
+            proto = "TCP6" if ":" in want[0] else "TCP4"
+            check_eq(hdr_got, ("PROXY %s %s %s %d %d\r\n" % ((proto,) + want))
+                     .encode(), "%s #%d: v1 line" % (what, i))
+    mc, ms = scrape(cli), scrape(srv)
+    check_eq(mc.count("upseal_proxy_headers_total", tunnel="app"), 2,
+             "%s: client proxy headers" % what)
+    check_eq(mc.count("upseal_client_addresses_carried_total", tunnel="app"),
+             2, "%s: client addresses carried" % what)
+    check_eq(ms.count("upseal_client_addresses_carried_total", tunnel="app"),
+             2 if trust else 0, "%s: server addresses carried" % what)
+    if pool:
+        check_eq((mc.count("upseal_pool_handoffs_total", tunnel="app"),
+                  mc.count("upseal_pool_misses_total", tunnel="app")),
+                 (2, 0), "%s: pool handoffs, misses" % what)
+
+
+@timeout(90)
+def test_accept_carries_address_unpooled(h):
+    """proxy_protocol = accept, no pool: a v2 header (IPv4) and a v1 line
+    (IPv6) from a Python sender; the backend sees those addresses, with
+    server v2 and v1; trust_client_address = no: the TLS peer's."""
+    sid, cid = h.identity("srv"), h.identity("cli")
+    _carried_case(h, "-v2", 0, "v2", sid, cid)
+    _carried_case(h, "-v1", 0, "v1", sid, cid)
+    _carried_case(h, "-untrusted", 0, "v2", sid, cid, trust=False)
+
+
+@timeout(90)
+def test_accept_carries_address_pooled(h):
+    """The same through pool = 2: the preamble sent at handoff carries the
+    address."""
+    sid, cid = h.identity("srv"), h.identity("cli")
+    _carried_case(h, "-v2", 2, "v2", sid, cid)
+    _carried_case(h, "-v1", 2, "v1", sid, cid)
+    _carried_case(h, "-untrusted", 2, "v1", sid, cid, trust=False)
+
+
+# --- 4. bad input -------------------------------------------------------------
+
+def _bad_cases():
+    good4 = v2_header("192.0.2.10", "192.0.2.20", 1000, 2000)
+    over = bytearray(v2_header("192.0.2.10", "192.0.2.20", 1000, 2000))
+    over[0] ^= 0x01
+    tlv_overrun = v2_header("192.0.2.10", "192.0.2.20", 1000, 2000,
+                            tlvs=b"\x04\x00\x28" + b"ab")
+    return [
+        # (name, bytes, close after sending, reason)
+        ("truncated v2 then close", good4[:10], True,
+         "proxy_header_truncated"),
+        ("truncated v1 then close", b"PROXY TCP4 192.0.2.1", True,
+         "proxy_header_truncated"),
+        ("wrong signature byte", bytes(over), False, "proxy_header_invalid"),
+        ("plain HTTP, no header", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+         False, "proxy_header_invalid"),
+        ("v1 over 107 bytes without CRLF",
+         b"PROXY UNKNOWN " + b"x" * 110, False,
+         "proxy_header_invalid"),
+        ("v2 unknown family 0x41",
+         V2_SIG + b"\x21\x41\x00\x0c" + b"\x00" * 12, False,
+         "proxy_header_invalid"),
+        ("v2 UDP over IPv4 (0x12)",
+         V2_SIG + b"\x21\x12\x00\x0c" + b"\x00" * 12, False,
+         "proxy_header_invalid"),
+        ("v2 length past the limit",
+         V2_SIG + b"\x21\x11\xff\xff" + b"\x00" * 12, False,
+         "proxy_header_invalid"),
+        ("v2 TLVs overrunning the header", tlv_overrun, False,
+         "proxy_header_invalid"),
+        ("v2 unknown version 3", V2_SIG + b"\x31\x11\x00\x0c" + b"\x00" * 12,
+         False, "proxy_header_invalid"),
+    ]
+
+
+@timeout(120)
+def test_bad_headers_refused(h):
+    """A table of bad headers against one running upseal-client: each ends
+    its connection with its reason and an error=, counted in /metrics;
+    nothing reaches upseal-server; the good connections in between (a
+    header split byte by byte, LOCAL, PROXY UNKNOWN) carry their data."""
+    be = h._backend(RecordingBackend)
+    cli, srv, _, _ = start_sides(
+        h, be.addr, server_extra={"proxy_protocol": "v2"},
+        client_extra={"proxy_protocol": "accept",
+                      "proxy_header_timeout": "500ms"})
+    addr = cli.addr()
+    ends = {"c": 0, "s": 0}
+    good = {"n": 0}
+    want = {}
+
+    def good_one(hdr, data, chunks=None, carried=None):
+        exchange(h, addr, hdr + data, chunks=chunks)
+        good["n"] += 1
+        ends["c"] += 1
+        ends["s"] += 1
+        res = be.wait_results(good["n"])[good["n"] - 1]
+        cend = conn_end(cli, ends["c"])
+        send = conn_end(srv, ends["s"])
+        check_eq(cend["reason"], "closed", "good connection's client reason")
+        hg, rest = split_header(res["raw"])
+        check_eq(rest, data, "data after a good header")
+        d = parse_v2(hg)
+        if carried:
+            check_eq((d["src"], d["sport"]), carried, "carried source")
+            check_eq(cend.get("client"), "%s:%d" % carried, "client=")
+        else:   # LOCAL / UNKNOWN: the backend is told the TLS peer
+            check_eq((d["src"], d["sport"]), hostport(send["peer"]),
+                     "source with nothing carried (the TLS peer)")
+            check("client" not in cend and "client" not in send,
+                  "client= with nothing carried: %r / %r" % (cend, send))
+
+    def bad_one(name, payload, close, reason):
+        s = socket.create_connection(hostport(addr), timeout=10)
+        h.socks.append(s)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(payload)
+        if close:
+            s.shutdown(socket.SHUT_WR)
+        how, secs, n = wait_closed(s, scaled(5, 15))
+        s.close()
+        check(how in ("eof", "reset") and n == 0,
+              "%s: upseal-client did not just close (%s after %.1fs, %d "
+              "bytes)" % (name, how, secs, n))
+        ends["c"] += 1
+        e = conn_end(cli, ends["c"])
+        check_eq(e["reason"], reason, "%s: conn_end reason" % name)
+        check(e.get("error"), "%s: conn_end without error=: %r" % (name, e))
+        check("client" not in e, "%s: client= on a refused header" % name)
+        want[reason] = want.get(reason, 0) + 1
+        h.note("%s: %s (%s)" % (name, reason, e.get("error")))
+
+    good_one(v2_header("192.0.2.77", "192.0.2.1", 3333, 80), b"first\n",
+             carried=("192.0.2.77", 3333))
+    for name, payload, close, reason in _bad_cases():
+        bad_one(name, payload, close, reason)
+        check_eq(len(srv.p.events("conn_end")), ends["s"],
+                 "%s: upseal-server connections" % name)
+        check_eq(be.accepted, good["n"], "%s: backend connections" % name)
+        # Another connection works right after.
+        good_one(b"PROXY TCP4 192.0.2.78 192.0.2.1 4444 80\r\n",
+                 b"after " + name.encode() + b"\n",
+                 carried=("192.0.2.78", 4444))
+
+    # A header split byte by byte, with the data after it.
+    hdr = v2_header("192.0.2.79", "192.0.2.1", 5555, 80)
+    good_one(hdr, b"byte by byte\n", chunks=[1] * len(hdr),
+             carried=("192.0.2.79", 5555))
+    # LOCAL and PROXY UNKNOWN: accepted, nothing carried.
+    good_one(v2_local(), b"after LOCAL\n")
+    good_one(b"PROXY UNKNOWN\r\n", b"after UNKNOWN\n")
+
+    # A sender that stops half-way: proxy_header_timeout (500ms).
+    s_before, be_before = len(srv.p.events("conn_end")), be.accepted
+    hs_before = len(srv.p.events("handshake_done"))
+    s = socket.create_connection(hostport(addr), timeout=10)
+    h.socks.append(s)
+    s.sendall(hdr[:20])
+    how, secs, n = wait_closed(s, scaled(5, 15))
+    s.close()
+    check(how in ("eof", "reset"), "half a header: still open after %.1fs"
+          % secs)
+    check(0.4 <= secs, "half a header: closed after %.2fs, before the "
+          "500ms proxy_header_timeout" % secs)
+    ends["c"] += 1
+    e = conn_end(cli, ends["c"])
+    check_eq(e["reason"], "proxy_header_timeout", "half a header: reason")
+    check(e.get("error"), "half a header: no error=: %r" % e)
+    want["proxy_header_timeout"] = 1
+    check_eq((len(srv.p.events("conn_end")),
+              len(srv.p.events("handshake_done")), be.accepted),
+             (s_before, hs_before, be_before),
+             "server conn_end, server handshakes, backend accepts after "
+             "a timed-out header")
+    good_one(v2_local(), b"still working\n")
+
+    mc = scrape(cli)
+    for reason, n in sorted(want.items()):
+        check_eq(mc.count("upseal_connections_closed_total", tunnel="app",
+                          reason=reason), n, "client closed_total %s" % reason)
+    check_eq(mc.count("upseal_proxy_headers_total", tunnel="app"), good["n"],
+             "client proxy headers accepted")
+    carried = 1 + len(_bad_cases()) + 1
+    check_eq(mc.count("upseal_client_addresses_carried_total", tunnel="app"),
+             carried, "client addresses carried")
+    ms = scrape(srv)
+    check_eq(ms.count("upseal_client_addresses_carried_total", tunnel="app"),
+             carried, "server addresses carried")
+    check_eq(ms.count("upseal_connections_closed_total", tunnel="app",
+                      reason="closed"), good["n"], "server connections")
