@@ -150,7 +150,8 @@ static size_t v2(unsigned char *out, unsigned cmd, unsigned fam,
 	out[13] = (unsigned char)fam;
 	out[14] = (unsigned char)(n >> 8);
 	out[15] = (unsigned char)n;
-	memcpy(out + 16, body, n);
+	if (n > 0)
+		memcpy(out + 16, body, n);
 	return 16 + n;
 }
 
