@@ -23,7 +23,7 @@ import struct
 import time
 
 from harness import (Backend, Proc, Skip, TestFailure, check, check_eq,
-                     free_port, recv_all, scaled, slow, tail, timeout,
+                     free_port, recv_all, recv_exact, scaled, slow, tail, timeout,
                      wait_closed)
 from test_operate import Side, scrape
 from test_pool import _wait_metric
@@ -558,3 +558,351 @@ def test_bad_headers_refused(h):
              carried, "server addresses carried")
     check_eq(ms.count("upseal_connections_closed_total", tunnel="app",
                       reason="closed"), good["n"], "server connections")
+
+
+# --- 5. real senders and backends: nginx and haproxy ------------------------
+
+SRC_IP = "127.0.0.9"    # the Python client's address: not 127.0.0.1
+
+
+def _nginx_modules(h, realip=False):
+    """The load_module line `stream {}` needs ('' when built in); skips
+    when this nginx has no stream module (or, realip, no realip)."""
+    check(shutil.which("nginx"), "nginx is not installed (tests/deps.sh)")
+    r = h.run(["nginx", "-V"])
+    v = r.out + r.err
+    if realip and "--with-http_realip_module" not in v:
+        h.skip("this nginx has no http_realip_module (nginx -V)")
+    if re.search(r"--with-stream(\s|$)", v):
+        return ""
+    if "--with-stream=dynamic" not in v:
+        h.skip("this nginx has no stream module (nginx -V)")
+    m = re.search(r"--modules-path=(\S+)", v)
+    so = os.path.join(m.group(1) if m else "/usr/lib/nginx/modules",
+                      "ngx_stream_module.so")
+    if not os.path.exists(so):
+        h.skip("nginx's stream module is dynamic and %s is absent "
+               "(apt install libnginx-mod-stream)" % so)
+    return "load_module %s;\n" % so
+
+
+def _nginx_conf(h, tag, load, body):
+    d = h.path("nginx-" + tag)
+    os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
+    conf = load + """daemon off;
+master_process on;
+worker_processes 1;
+pid %(d)s/nginx.pid;
+error_log stderr info;
+events { worker_connections 128; }
+""" % {"d": d} + body % {"d": d}
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(conf)
+    return d, ["nginx", "-p", d, "-c", "nginx.conf", "-e", "stderr"]
+
+
+def _nginx_stream_front(h, tag, load, listen, upstream):
+    return _nginx_conf(h, tag, load, """stream {
+    server {
+        listen %s;
+        proxy_pass %s;
+        proxy_protocol on;
+    }
+}
+""" % (listen, upstream))
+
+
+def _nginx_http_backend(h, tag, listen):
+    """An HTTP backend that takes the PROXY protocol and logs both
+    $remote_addr (real_ip from it) and $proxy_protocol_addr."""
+    return _nginx_conf(h, tag, "", """http {
+    log_format pp 'request uri=$request_uri remote=$remote_addr '
+                  'pp=$proxy_protocol_addr:$proxy_protocol_port';
+    access_log %%(d)s/access.log pp;
+    client_body_temp_path %%(d)s/tmp/body;
+    proxy_temp_path %%(d)s/tmp/proxy;
+    fastcgi_temp_path %%(d)s/tmp/fastcgi;
+    uwsgi_temp_path %%(d)s/tmp/uwsgi;
+    scgi_temp_path %%(d)s/tmp/scgi;
+    server {
+        listen %s proxy_protocol;
+        set_real_ip_from 127.0.0.1;
+        real_ip_header proxy_protocol;
+        location / { return 200 "hello from nginx\\n"; }
+    }
+}
+""" % listen)
+
+
+def _access_line(d, uri, timeout_s=None):
+    """The access log line of uri (bounded wait: nginx logs after the
+    response)."""
+    path = os.path.join(d, "access.log")
+    deadline = time.monotonic() + (timeout_s or scaled(10, 30))
+    while True:
+        try:
+            with open(path) as f:
+                for line in f:
+                    if "uri=%s " % uri in line:
+                        return dict(kv.split("=", 1) for kv in
+                                    line.split()[1:])
+        except FileNotFoundError:
+            pass
+        check(time.monotonic() < deadline, "no access log line for %s in "
+              "%s within the time limit" % (uri, path))
+        time.sleep(0.02)
+
+
+def _haproxy_conf(h, tag, body):
+    return h.write_text("haproxy-%s.cfg" % tag, """global
+    log stderr format raw local0 info
+defaults
+    mode tcp
+    log global
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+""" + body)
+
+
+def _other(h, name, argv):
+    """A non-upseal daemon, ended by this test (its process group, made
+    by start_new_session, is its own)."""
+    p = Proc(h, name, argv, h.dir)
+
+    def stop():
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            if p.wait(10) is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                p.wait(10)
+        p._close_files()
+    h.cleanups.append(stop)
+    return p
+
+
+def _wait_listening(p, port, what):
+    """Bounded: until 127.0.0.1:port accepts (a connection opened and
+    closed at once), failing early if p exits."""
+    deadline = time.monotonic() + scaled(10, 30)
+    delay = 0.01
+    while True:
+        check(p.poll() is None, "%s exited (%s):\n%s"
+              % (what, p.returncode, tail(p.log())))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError as e:
+            check(time.monotonic() < deadline, "%s: 127.0.0.1:%d not "
+                  "accepting (%r):\n%s" % (what, port, e, tail(p.log())))
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _http_get(h, port, uri, src_ip=SRC_IP):
+    s = socket.socket()
+    h.socks.append(s)
+    s.bind((src_ip, 0))
+    s.settimeout(scaled(10, 30))
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET %s HTTP/1.0\r\nHost: x\r\n\r\n" % uri.encode())
+    got, how = recv_all(s, scaled(10, 30))
+    local = s.getsockname()
+    s.close()
+    check(got.startswith(b"HTTP/1.1 200") and
+          got.endswith(b"hello from nginx\n"),
+          "GET %s: %r (%s)" % (uri, got[:300], how))
+    return local
+
+
+def _wait_client_field(side, want):
+    e = side.p.wait_event("conn_end", scaled(10, 30), client=want)
+    check_eq(e["reason"], "closed", "%s: conn_end with client=%s"
+             % (side.name, want))
+    return e
+
+
+@timeout(60)
+def test_nginx_sender_haproxy_backend(h):
+    """nginx stream `proxy_protocol on` -> upseal-client (accept) ->
+    upseal-server (v1) -> haproxy `accept-proxy`: haproxy's log shows the
+    Python client's 127.0.0.9 and port."""
+    load = _nginx_modules(h)
+    check(shutil.which("haproxy"), "haproxy is not installed (tests/deps.sh)")
+    echo = h.echo_backend()
+    hport = free_port()
+    cfg = _haproxy_conf(h, "backend", """frontend fe
+    bind 127.0.0.1:%d accept-proxy
+    log-format "haproxy-conn client=%%ci:%%cp frontend=%%f"
+    default_backend be
+backend be
+    server echo %s
+""" % (hport, echo.addr))
+    hp = _other(h, "haproxy", ["haproxy", "-db", "-f", cfg])
+    _wait_listening(hp, hport, "haproxy")
+    cli, srv, _, _ = start_sides(
+        h, "127.0.0.1:%d" % hport, server_extra={"proxy_protocol": "v1"},
+        client_extra={"proxy_protocol": "accept"})
+    nport = free_port()
+    _, argv = _nginx_stream_front(h, "front", load, "127.0.0.1:%d" % nport,
+                                  cli.addr())
+    ng = _other(h, "nginx", argv)
+    ng.wait_for(r"start worker process", scaled(10, 30))
+
+    s = socket.socket()
+    h.socks.append(s)
+    s.bind((SRC_IP, 0))
+    s.settimeout(scaled(10, 30))
+    s.connect(("127.0.0.1", nport))
+    payload = b"through nginx, upseal and haproxy\n" * 20
+    s.sendall(payload)
+    # No half-close: nginx's stream proxy ends both ways on a client's FIN
+    # (proxy_half_close off by default).
+    got = recv_exact(s, len(payload), scaled(10, 30))
+    sport = s.getsockname()[1]
+    s.close()
+    check_eq(got, payload, "the echo through the chain")
+    want = "%s:%d" % (SRC_IP, sport)
+    hp.wait_for(r"haproxy-conn client=%s " % re.escape(want), scaled(10, 30))
+    _wait_client_field(cli, want)
+    _wait_client_field(srv, want)
+
+
+@timeout(60)
+def test_haproxy_sender_nginx_backend(h):
+    """haproxy `send-proxy-v2` -> upseal-client (accept) -> upseal-server
+    (v2) -> nginx `listen ... proxy_protocol` with real_ip: its access log
+    shows 127.0.0.9 as $remote_addr and $proxy_protocol_addr."""
+    _nginx_modules(h, realip=True)
+    check(shutil.which("haproxy"), "haproxy is not installed (tests/deps.sh)")
+    nport = free_port()
+    d, argv = _nginx_http_backend(h, "backend", "127.0.0.1:%d" % nport)
+    ng = _other(h, "nginx", argv)
+    ng.wait_for(r"start worker process", scaled(10, 30))
+    cli, srv, _, _ = start_sides(
+        h, "127.0.0.1:%d" % nport, server_extra={"proxy_protocol": "v2"},
+        client_extra={"proxy_protocol": "accept"})
+    hport = free_port()
+    cfg = _haproxy_conf(h, "front", """frontend fe
+    bind 127.0.0.1:%d
+    default_backend be
+backend be
+    server upseal %s send-proxy-v2
+""" % (hport, cli.addr()))
+    hp = _other(h, "haproxy", ["haproxy", "-db", "-f", cfg])
+    _wait_listening(hp, hport, "haproxy")
+    local = _http_get(h, hport, "/five-b")
+    line = _access_line(d, "/five-b")
+    check_eq((line.get("remote"), line.get("pp")),
+             (SRC_IP, "%s:%d" % local),
+             "nginx's $remote_addr and $proxy_protocol_addr:port (%r)" % line)
+    want = "%s:%d" % local
+    _wait_client_field(cli, want)
+    _wait_client_field(srv, want)
+
+
+# --- 6. two hosts -------------------------------------------------------------
+
+FRONT_PORT, BACKEND_PORT = 8443, 8080   # fixed: fresh namespaces, all free
+
+
+def _ns_get(net, ns, host, port, uri):
+    """GET uri from inside ns; returns the client socket's address."""
+    s = ns_connect(ns, host, port, timeout=scaled(10, 30))
+    try:
+        s.sendall(b"GET %s HTTP/1.0\r\nHost: x\r\n\r\n" % uri.encode())
+        local = s.getsockname()
+        got, how = recv_all(s, scaled(10, 30))
+    finally:
+        s.close()
+    check(got.startswith(b"HTTP/1.1 200") and
+          got.endswith(b"hello from nginx\n"),
+          "GET %s from %s: %r (%s)" % (uri, ns, got[:300], how))
+    return local
+
+
+@timeout(120)
+def test_twohost_client_address(h):
+    """Host A: nginx stream (proxy_protocol on, on A's veth address) ->
+    upseal-client (accept); host B: upseal-server (v2) -> nginx on B's
+    127.0.0.1 with proxy_protocol and real_ip. A client in B's namespace
+    (10.231.7.2, neither 127.0.0.1 nor upseal-client's 10.231.7.1) goes
+    through A: B's backend logs 10.231.7.2. Then straight to an
+    upseal-client tunnel on A's veth address (proxy_protocol off,
+    allow_remote = yes): the remote peer's address is carried too."""
+    ok, why = _netns_permitted()
+    if not ok:
+        raise Skip("ip netns add not permitted here (%s)" % why)
+    load = _nginx_modules(h, realip=True)
+    net = TwoHosts(h)
+    h.cleanups.append(net.close)      # also runs if the test timed out
+    try:
+        _twohost_in(h, net, load)
+    finally:
+        net.close()
+
+
+def _twohost_in(h, net, load):
+    net.setup()
+    sid, cid = h.identity("host-b"), h.identity("host-a")
+
+    # Host B: nginx on loopback, upseal-server on the veth.
+    d, argv = _nginx_http_backend(h, "b", "127.0.0.1:%d" % BACKEND_PORT)
+    ngb = net.start(net.b, "nginx-b", argv)
+    ngb.wait_for(r"start worker process", scaled(10, 30))
+    sini = h.write_ini("server-b", {"app": {
+        "listen": "%s:0" % NET_B, "connect": "127.0.0.1:%d" % BACKEND_PORT,
+        "cert": sid.crt, "key": sid.key, "pin": [cid.pin],
+        "handshake_timeout": "5s", "proxy_protocol": "v2"}})
+    srv = net.start(net.b, "server-b", [h.bin("upseal-server"), "-c", sini],
+                    upseal=True)
+    srv.wait_ready()
+    saddr = srv.addr("app")
+
+    # Host A: one upseal-client, two tunnels: behind nginx (accept) and
+    # straight on the veth address (off, allow_remote).
+    common = {"connect": saddr, "cert": cid.crt, "key": cid.key,
+              "pin": [sid.pin], "connect_timeout": "3s",
+              "handshake_timeout": "5s"}
+    cini = h.write_ini("client-a", {
+        "front": dict(common, listen="127.0.0.1:0", proxy_protocol="accept"),
+        "direct": dict(common, listen="%s:0" % NET_A, allow_remote="yes")})
+    cli = net.start(net.a, "client-a", [h.bin("upseal-client"), "-c", cini],
+                    upseal=True)
+    cli.wait_ready()
+    _, argv = _nginx_stream_front(h, "a", load, "%s:%d" % (NET_A, FRONT_PORT),
+                                  cli.addr("front"))
+    nga = net.start(net.a, "nginx-a", argv)
+    nga.wait_for(r"start worker process", scaled(10, 30))
+
+    # Through nginx on A.
+    local = _ns_get(net, net.b, NET_A, FRONT_PORT, "/via-front")
+    check_eq(local[0], NET_B, "the client's address in B")
+    line = _access_line(d, "/via-front")
+    check_eq((line.get("remote"), line.get("pp")),
+             (NET_B, "%s:%d" % local), "B's backend: $remote_addr and "
+             "$proxy_protocol_addr:port via nginx on A (%r)" % line)
+    want = "%s:%d" % local
+    ce = cli.wait_event("conn_end", scaled(10, 30), tunnel="front",
+                        client=want)
+    se = srv.wait_event("conn_end", scaled(10, 30), client=want)
+    check_eq(hostport(ce["peer"])[0], "127.0.0.1", "A: nginx, the peer")
+    check_eq(hostport(se["peer"])[0], NET_A, "B: upseal-client, the peer")
+
+    # Straight to upseal-client on A: the remote peer is the client.
+    local = _ns_get(net, net.b, NET_A, hostport(cli.addr("direct"))[1],
+                    "/direct")
+    line = _access_line(d, "/direct")
+    check_eq((line.get("remote"), line.get("pp")),
+             (NET_B, "%s:%d" % local), "B's backend: $remote_addr and "
+             "$proxy_protocol_addr:port, straight to upseal-client (%r)"
+             % line)
+    want = "%s:%d" % local
+    cli.wait_event("conn_end", scaled(10, 30), tunnel="direct", client=want)
+    srv.wait_event("conn_end", scaled(10, 30), client=want)
