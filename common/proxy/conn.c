@@ -16,7 +16,7 @@
  *   POOL_WAIT  timer  -> DIAL
  *   DIAL       dialed -> HANDSHAKE (client: the TLS end), RELAY (server)
  *   HANDSHAKE  done   -> RELAY (client), POOLED (client pool conn),
- *                        PREAMBLE (server, upseal/1), DIAL (server)
+ *                        PREAMBLE (server, upseal/2 or /1), DIAL (server)
  *   PREAMBLE   came   -> DIAL
  *   POOLED     taken  -> RELAY (conn_accept hands it a plaintext end),
  *                        or PROXY_HEADER first (proxy_protocol = accept)
@@ -379,7 +379,7 @@ static void pooled_enter(struct conn *c)
 	pool_fill(c->tun);
 }
 
-/* Server: the handshake negotiated upseal/1: wait for the preamble. */
+/* Server: the handshake negotiated upseal/2 or upseal/1: wait for the preamble. */
 static void preamble_enter(struct conn *c)
 {
 	if (c->tun->stopping) {	/* no backend will be dialed any more */

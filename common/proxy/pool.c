@@ -1,7 +1,7 @@
 /*
  * pool: pre-handshaken connections, both sides (see pool.h). The client
  * side keeps t->pool.target connections ready; the server side waits for
- * the preamble on connections that negotiated upseal/1.
+ * the preamble on connections that negotiated upseal/2 or upseal/1.
  *
  * A client's pool conn is a struct conn with c->pool set: in t->conns
  * (so tunnel_drop_all reaches it) but counted in t->pool.live, not in

@@ -40,7 +40,7 @@ static int setup(void)
 	struct unit_ids *ids = unit_ids();
 	if (ids == NULL || unit_tunnel(&c, ids, CFG_CLIENT) != 0)
 		return -1;
-	c.pool = 1;	/* the client context can offer upseal/1 */
+	c.pool = 1;	/* the client context can offer upseal/2 and upseal/1 */
 	if (tls_ctx_new(&c, CFG_CLIENT, (uid_t)-1, &cli_ctx, err,
 	    sizeof err) != 0) {
 		printf("  client context: %s\n", err);
