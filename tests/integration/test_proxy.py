@@ -23,7 +23,7 @@ import struct
 import time
 
 from harness import (Backend, Proc, Skip, TestFailure, check, check_eq,
-                     free_port, recv_all, recv_exact, scaled, slow, tail, timeout,
+                     free_port, recv_all, recv_exact, scaled, tail, timeout,
                      wait_closed)
 from test_operate import Side, scrape
 from test_pool import _wait_metric
@@ -113,6 +113,26 @@ def v2_header(src, dst, sport, dport, tlvs=b"", cmd=0x21, fam=None):
              struct.pack("!HH", sport, dport))
     body = addrs + tlvs
     return V2_SIG + bytes([cmd, fam]) + struct.pack("!H", len(body)) + body
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli, reflected 0x82F63B78), bit by bit."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def with_crc(hdr, wrong=False):
+    """hdr (a v2 header) with a PP2_TYPE_CRC32C TLV appended, right or
+    wrong."""
+    body = bytearray(hdr[16:]) + b"\x03\x00\x04\x00\x00\x00\x00"
+    h = bytearray(hdr[:14]) + struct.pack("!H", len(body)) + body
+    crc = crc32c(bytes(h)) ^ (1 if wrong else 0)
+    h[-4:] = struct.pack("!I", crc)
+    return bytes(h)
 
 
 def v2_local():
@@ -417,6 +437,7 @@ def _bad_cases():
                             tlvs=b"\x04\x00\x28" + b"ab")
     return [
         # (name, bytes, close after sending, reason)
+        ("nothing, then close", b"", True, "proxy_header_truncated"),
         ("truncated v2 then close", good4[:10], True,
          "proxy_header_truncated"),
         ("truncated v1 then close", b"PROXY TCP4 192.0.2.1", True,
@@ -438,6 +459,9 @@ def _bad_cases():
          "proxy_header_invalid"),
         ("v2 TLVs overrunning the header", tlv_overrun, False,
          "proxy_header_invalid"),
+        ("v2 with a wrong CRC32C",
+         with_crc(v2_header("192.0.2.10", "192.0.2.20", 1000, 2000),
+                  wrong=True), False, "proxy_header_invalid"),
         ("v2 unknown version 3", V2_SIG + b"\x31\x11\x00\x0c" + b"\x00" * 12,
          False, "proxy_header_invalid"),
     ]
@@ -516,6 +540,18 @@ def test_bad_headers_refused(h):
     hdr = v2_header("192.0.2.79", "192.0.2.1", 5555, 80)
     good_one(hdr, b"byte by byte\n", chunks=[1] * len(hdr),
              carried=("192.0.2.79", 5555))
+    # TLVs from the sender (a right CRC32C, NOOP, AUTHORITY) are fine.
+    assert crc32c(b"123456789") == 0xE3069283
+    hdr = with_crc(v2_header("192.0.2.80", "192.0.2.1", 6666, 80,
+                             tlvs=b"\x04\x00\x02xx\x02\x00\x03a.b"))
+    good_one(hdr, b"after TLVs\n", carried=("192.0.2.80", 6666))
+    # A header, then the sender's FIN at once: no data, a clean end.
+    good_one(v2_header("192.0.2.81", "192.0.2.1", 7777, 80), b"",
+             carried=("192.0.2.81", 7777))
+    # A header and far more than its 2048-byte limit in the same write.
+    big = bytes(range(256)) * 1024
+    good_one(v2_header("192.0.2.82", "192.0.2.1", 8888, 80), big,
+             carried=("192.0.2.82", 8888))
     # LOCAL and PROXY UNKNOWN: accepted, nothing carried.
     good_one(v2_local(), b"after LOCAL\n")
     good_one(b"PROXY UNKNOWN\r\n", b"after UNKNOWN\n")
@@ -550,7 +586,7 @@ def test_bad_headers_refused(h):
                           reason=reason), n, "client closed_total %s" % reason)
     check_eq(mc.count("upseal_proxy_headers_total", tunnel="app"), good["n"],
              "client proxy headers accepted")
-    carried = 1 + len(_bad_cases()) + 1
+    carried = 1 + len(_bad_cases()) + 4
     check_eq(mc.count("upseal_client_addresses_carried_total", tunnel="app"),
              carried, "client addresses carried")
     ms = scrape(srv)
@@ -812,7 +848,7 @@ backend be
 FRONT_PORT, BACKEND_PORT = 8443, 8080   # fixed: fresh namespaces, all free
 
 
-def _ns_get(net, ns, host, port, uri):
+def _ns_get(ns, host, port, uri):
     """GET uri from inside ns; returns the client socket's address."""
     s = ns_connect(ns, host, port, timeout=scaled(10, 30))
     try:
@@ -882,7 +918,7 @@ def _twohost_in(h, net, load):
     nga.wait_for(r"start worker process", scaled(10, 30))
 
     # Through nginx on A.
-    local = _ns_get(net, net.b, NET_A, FRONT_PORT, "/via-front")
+    local = _ns_get(net.b, NET_A, FRONT_PORT, "/via-front")
     check_eq(local[0], NET_B, "the client's address in B")
     line = _access_line(d, "/via-front")
     check_eq((line.get("remote"), line.get("pp")),
@@ -896,7 +932,7 @@ def _twohost_in(h, net, load):
     check_eq(hostport(se["peer"])[0], NET_A, "B: upseal-client, the peer")
 
     # Straight to upseal-client on A: the remote peer is the client.
-    local = _ns_get(net, net.b, NET_A, hostport(cli.addr("direct"))[1],
+    local = _ns_get(net.b, NET_A, hostport(cli.addr("direct"))[1],
                     "/direct")
     line = _access_line(d, "/direct")
     check_eq((line.get("remote"), line.get("pp")),
@@ -906,3 +942,53 @@ def _twohost_in(h, net, load):
     want = "%s:%d" % local
     cli.wait_event("conn_end", scaled(10, 30), tunnel="direct", client=want)
     srv.wait_event("conn_end", scaled(10, 30), client=want)
+
+
+@timeout(60)
+def test_bad_header_with_pool(h):
+    """pool = 2: a bad header and a header that times out end the
+    connection (which had taken a pooled one) with their reasons, the
+    backend is never dialed for them, and the next connection works
+    through the refilled pool."""
+    be = h._backend(RecordingBackend)
+    cli, srv, _, _ = start_sides(
+        h, be.addr, server_extra={"proxy_protocol": "v1"},
+        client_extra={"proxy_protocol": "accept", "pool": "2",
+                      "proxy_header_timeout": "500ms"})
+    _wait_metric(cli, "upseal_pool_ready", 2)
+    s = socket.create_connection(hostport(cli.addr()), timeout=10)
+    h.socks.append(s)
+    s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    how, secs, n = wait_closed(s, scaled(5, 15))
+    check(how in ("eof", "reset") and n == 0, "bad header: %s after %.1fs, "
+          "%d bytes" % (how, secs, n))
+    s.close()
+    e = conn_end(cli, 1)
+    check_eq(e["reason"], "proxy_header_invalid", "client reason")
+    _wait_metric(cli, "upseal_pool_ready", 2)
+    s = socket.create_connection(hostport(cli.addr()), timeout=10)
+    h.socks.append(s)
+    s.sendall(V2_SIG[:6])
+    how, secs, n = wait_closed(s, scaled(5, 15))
+    check(how in ("eof", "reset") and n == 0 and secs >= 0.4,
+          "half a header: %s after %.1fs, %d bytes" % (how, secs, n))
+    s.close()
+    e = conn_end(cli, 2)
+    check_eq(e["reason"], "proxy_header_timeout", "client reason")
+    check_eq(be.accepted, 0, "backend connections for refused headers")
+    _wait_metric(cli, "upseal_pool_ready", 2)
+    exchange(h, cli.addr(), b"PROXY TCP4 192.0.2.9 192.0.2.1 99 80\r\nok?\n")
+    res = be.wait_results(1)[0]
+    check_eq(res["raw"], b"PROXY TCP4 192.0.2.9 192.0.2.1 99 80\r\nok?\n",
+             "what the backend got")
+    check_eq(be.accepted, 1, "backend connections")
+    mc = scrape(cli)
+    check_eq(mc.count("upseal_pool_misses_total", tunnel="app"), 0,
+             "pool misses")
+    # upseal-server: the two pooled connections ended unused (the
+    # backend never dialed), the third one carried the address.
+    conn_end(srv, 3)
+    ends = srv.p.events("conn_end")
+    check_eq(sorted((x["reason"], x.get("client")) for x in ends),
+             [("closed", "192.0.2.9:99"), ("pool_closed", None),
+              ("pool_closed", None)], "upseal-server's conn_end lines")
