@@ -239,5 +239,6 @@ int origin_send_header(struct conn *c)
 		conn_error_uv(c, "plaintext write (PROXY header)", rc);
 		return CONN_END(REASON_PLAIN_ERROR);
 	}
+	STAT_ADD(c->tun->stats->proxy_headers, 1);
 	return 0;
 }
