@@ -80,11 +80,17 @@ def parse_v2(hdr):
         alen, af, n = 36, socket.AF_INET6, 16
     elif fam == 0x00:
         alen = 0
+    elif fam == 0x31:
+        alen = 216
+        check(len(body) >= alen, "v2 UNIX address block of %d bytes"
+              % len(body))
+        d["src"] = bytes(body[:108]).rstrip(b"\0").decode()
+        d["dst"] = bytes(body[108:216]).rstrip(b"\0").decode()
     else:
         raise TestFailure("v2 family 0x%02x unexpected here" % fam)
     check(len(body) >= alen, "v2 address block of %d bytes, %d there"
           % (alen, len(body)))
-    if alen:
+    if alen and fam != 0x31:
         d["src"] = socket.inet_ntop(af, body[:n])
         d["dst"] = socket.inet_ntop(af, body[n:2 * n])
         d["sport"], d["dport"] = struct.unpack("!HH", body[2 * n:2 * n + 4])
@@ -320,8 +326,8 @@ def test_v1_line_exact(h):
     """server proxy_protocol = v1: `PROXY TCP4 src dst sport dport\\r\\n`
     (the TLS peer, the server's address), then the data."""
     be = h._backend(RecordingBackend)
-    cli, srv, _, _ = start_sides(h, be.addr,
-                                 server_extra={"proxy_protocol": "v1"})
+    cli, srv, sid, cid = start_sides(h, be.addr,
+                                     server_extra={"proxy_protocol": "v1"})
     data = b"after the v1 line\r\n" * 100
     exchange(h, cli.addr(), data)
     res = be.wait_results(1)[0]
@@ -331,6 +337,20 @@ def test_v1_line_exact(h):
     line = ("PROXY TCP4 %s %s %d %d\r\n" % (pip, dip, pport, dport)).encode()
     check_eq(res["raw"][:len(line)], line, "the v1 line")
     check_eq(res["raw"][len(line):], data, "the data after the v1 line")
+
+    # upseal-server on [::1]: the TLS end is IPv6, the line TCP6.
+    be6 = h._backend(RecordingBackend)
+    cli6, srv6, _, _ = start_sides(h, be6.addr, "-v6", sid, cid,
+                                   server_extra={"proxy_protocol": "v1",
+                                                 "listen": "[::1]:0"})
+    exchange(h, cli6.addr(), data)
+    res = be6.wait_results(1)[0]
+    end = conn_end(srv6, 1)
+    pip, pport = hostport(end["peer"])
+    dip, dport = hostport(srv6.addr())
+    check_eq((pip, dip), ("::1", "::1"), "IPv6 ends")
+    line = ("PROXY TCP6 ::1 ::1 %d %d\r\n" % (pport, dport)).encode()
+    check_eq(res["raw"], line + data, "the v1 TCP6 line and the data")
 
 
 # --- 3. accept, and the address carried ------------------------------------
@@ -992,3 +1012,32 @@ def test_bad_header_with_pool(h):
     check_eq(sorted((x["reason"], x.get("client")) for x in ends),
              [("closed", "192.0.2.9:99"), ("pool_closed", None),
               ("pool_closed", None)], "upseal-server's conn_end lines")
+
+
+@timeout(60)
+def test_unix_tls_end(h):
+    """upseal-server listening on a unix socket, nothing carried: v2 says
+    UNIX stream (0x31) with the listen path as destination, v1 says
+    `PROXY UNKNOWN`."""
+    sid, cid = h.identity("srv"), h.identity("cli")
+    for pp in ("v2", "v1"):
+        be = h._backend(RecordingBackend)
+        path = h.path("srv-%s.sock" % pp)
+        cli, srv, _, _ = start_sides(h, be.addr, "-" + pp, sid, cid,
+                                     server_extra={"proxy_protocol": pp,
+                                                   "listen": "unix:" + path})
+        data = b"over a unix socket\n"
+        exchange(h, cli.addr(), data)
+        res = be.wait_results(1)[0]
+        hdr, rest = split_header(res["raw"])
+        check_eq(rest, data, "%s: the data after the header" % pp)
+        if pp == "v1":
+            check_eq(hdr, b"PROXY UNKNOWN\r\n", "v1 over a unix socket")
+            continue
+        d = parse_v2(hdr)
+        check_eq((d["ver_cmd"], d["fam"]), (0x21, 0x31),
+                 "v2 command and family over a unix socket")
+        check_eq((d["src"], d["dst"]), ("", path), "v2 UNIX paths")
+        end = conn_end(srv, 1)
+        check_eq(tlv(d, T_UNIQUE_ID), end["id"].encode(), "unique id")
+        check_eq(tlv(d, T_PIN), pin_bytes(h, cid.crt), "pin TLV")
