@@ -317,6 +317,8 @@ def test_v2_header_byte_exact(h):
     m = scrape(srv)
     check_eq(m.count("upseal_client_addresses_carried_total", tunnel="app"),
              0, "server: addresses carried (none: a loopback peer)")
+    check_eq(m.count("upseal_proxy_headers_total", tunnel="app"), 2,
+             "server: PROXY headers sent to the backend")
 
 
 # --- 2. v1 ------------------------------------------------------------------
@@ -420,6 +422,8 @@ def _carried_case(h, tag, pool, server_pp, sid, cid, trust=True):
              2, "%s: client addresses carried" % what)
     check_eq(ms.count("upseal_client_addresses_carried_total", tunnel="app"),
              2 if trust else 0, "%s: server addresses carried" % what)
+    check_eq(ms.count("upseal_proxy_headers_total", tunnel="app"), 2,
+             "%s: server PROXY headers sent" % what)
     if pool:
         check_eq((mc.count("upseal_pool_handoffs_total", tunnel="app"),
                   mc.count("upseal_pool_misses_total", tunnel="app")),
