@@ -9,6 +9,9 @@
  *   'S'  sink: every further byte is counted; at EOF the backend answers
  *        with the count (8 bytes, little endian) and closes.
  *   any other byte: echo, the first byte included, until EOF, then close.
+ * A connection that begins with a PROXY protocol v2 header (as upseal-server
+ * with proxy_protocol = v2 sends it: bench row upseal+pp) has the header
+ * skipped first; its first byte after the header picks the mode.
  * A connection whose echo cannot be written stops being read until the
  * kernel takes the rest (EPOLLOUT), so memory per connection stays bounded.
  */
@@ -31,6 +34,9 @@
 struct bconn {
 	int fd;
 	int mode;          /* 0 before the first byte, 'S' or 'E' after */
+	size_t skip;       /* PROXY v2 header bytes still to skip */
+	unsigned char head[16];	/* its fixed part, as it comes */
+	size_t head_len;
 	bool eof;
 	uint64_t count;
 	char *pend;        /* echo bytes the kernel did not take yet */
@@ -78,6 +84,32 @@ static int flush_pending(struct bconn *c)
 	return 0;
 }
 
+/*
+ * Skip a PROXY v2 header at the start of a connection (0x0D: where its
+ * signature begins; the load tool's first byte is 'S' or 'E'). Advances
+ * *p and *len past the header bytes of this read; false while the header
+ * is not over.
+ */
+static bool skip_proxy(struct bconn *c, const char **p, size_t *len)
+{
+	if (c->head_len == 0 && c->skip == 0 && (*len == 0 || **p != 0x0D))
+		return true;
+	while (c->head_len < 16 && *len > 0) {
+		c->head[c->head_len++] = (unsigned char)**p;
+		(*p)++;
+		(*len)--;
+		if (c->head_len == 16)
+			c->skip = (size_t)c->head[14] << 8 | c->head[15];
+	}
+	if (c->head_len < 16)
+		return false;
+	size_t k = *len < c->skip ? *len : c->skip;
+	*p += k;
+	*len -= k;
+	c->skip -= k;
+	return c->skip == 0;
+}
+
 /* Returns false when the connection is finished and was freed. */
 static bool on_readable(int ep, struct bconn *c)
 {
@@ -109,6 +141,10 @@ static bool on_readable(int ep, struct bconn *c)
 		}
 		const char *p = rbuf;
 		size_t len = (size_t)n;
+		if (c->mode == 0 && !skip_proxy(c, &p, &len))
+			continue;
+		if (len == 0)
+			continue;
 		if (c->mode == 0) {
 			c->mode = p[0] == 'S' ? 'S' : 'E';
 			if (c->mode == 'S') {

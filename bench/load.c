@@ -16,6 +16,9 @@
  *       then closes them and exits.
  * Every mode is bounded: per-connection deadline 30 s, rate by --seconds and
  * --max. The JSON carries the tool's own CPU seconds (load_cpu_s).
+ * --proxy-v2 (any mode): every connection first sends a PROXY protocol v2
+ * header (TCP4 192.0.2.1:PORT -> the target), as haproxy's send-proxy-v2
+ * does, for a tunnel with proxy_protocol = accept (bench row upseal+pp).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -38,6 +41,36 @@
 #define DEADLINE_S 30.0
 
 static struct sockaddr_in target;
+static bool proxy_v2;
+
+/* The PROXY v2 header of a new connection: 28 bytes. */
+static size_t proxy_header(unsigned char *h, unsigned seed)
+{
+	static const unsigned char sig[12] = { 0x0D, 0x0A, 0x0D, 0x0A, 0x00,
+		0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A };
+	unsigned port = 1024 + seed % 60000;
+	memcpy(h, sig, 12);
+	h[12] = 0x21;			/* version 2, PROXY */
+	h[13] = 0x11;			/* TCP over IPv4 */
+	h[14] = 0;
+	h[15] = 12;
+	h[16] = 192, h[17] = 0, h[18] = 2, h[19] = 1;
+	memcpy(h + 20, &target.sin_addr, 4);
+	h[24] = (unsigned char)(port >> 8);
+	h[25] = (unsigned char)port;
+	memcpy(h + 26, &target.sin_port, 2);
+	return 28;
+}
+
+/* --proxy-v2: send the header on a new connection (blocking or not). */
+static int send_proxy(int fd, unsigned seed)
+{
+	unsigned char h[28];
+	if (!proxy_v2)
+		return 0;
+	size_t n = proxy_header(h, seed);
+	return send(fd, h, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
+}
 
 static double now(void)
 {
@@ -88,7 +121,8 @@ static int dial_blocking(void)
 	struct timeval tv = { .tv_sec = (time_t)DEADLINE_S };
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	if (connect(fd, (struct sockaddr *)&target, sizeof target) < 0) {
+	if (connect(fd, (struct sockaddr *)&target, sizeof target) < 0 ||
+	    send_proxy(fd, (unsigned)fd) != 0) {
 		close(fd);
 		return -1;
 	}
@@ -281,7 +315,8 @@ static int slot_event(struct many *m, struct slot *s, uint32_t ev)
 			return -1;
 		}
 		/* 64 bytes into an empty socket buffer: one send. */
-		if (send(s->fd, s->msg, MSG, MSG_NOSIGNAL) != MSG) {
+		if (send_proxy(s->fd, (unsigned)s->fd) != 0 ||
+		    send(s->fd, s->msg, MSG, MSG_NOSIGNAL) != MSG) {
 			note_error(m, "send");
 			slot_close(m, s);
 			return -1;
@@ -453,7 +488,7 @@ static void usage(void)
 	fprintf(stderr,
 	        "usage: load bulk|rate|pingpong|idle --addr IP:PORT [--bytes N] "
 	        "[--conc C] [--seconds S] [--max N] [--count N] [--conns N] "
-	        "[--gap-ms G]\n");
+	        "[--gap-ms G] [--proxy-v2]\n");
 	exit(2);
 }
 
@@ -468,6 +503,10 @@ int main(int argc, char **argv)
 	bool conc_set = false;
 	for (int i = 2; i < argc; i++) {
 		const char *k = argv[i];
+		if (strcmp(k, "--proxy-v2") == 0) {
+			proxy_v2 = true;
+			continue;
+		}
 		if (i + 1 >= argc)
 			usage();
 		const char *v = argv[++i];

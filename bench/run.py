@@ -51,7 +51,7 @@ MIB = 1024 ** 2
 # 2.28) and two upseal sidecars negotiate it.
 PEER_CIPHER = "ECDHE-ECDSA-AES128-GCM-SHA256"
 NGINX_STREAM_SO = "/usr/lib/nginx/modules/ngx_stream_module.so"
-ALL = ["upseal", "upseal+res", "upseal+pool", "upseal36", "stunnel", "stunnel+res", "haproxy",
+ALL = ["upseal", "upseal+res", "upseal+pool", "upseal+pp", "upseal36", "stunnel", "stunnel+res", "haproxy",
        "haproxy+res", "nginx", "nginx+res", "direct"]
 # upseal36: the same sources built against mbedTLS 3.6 by tests/mbedtls36.sh
 # (two sidecars then speak TLS 1.3; no TLS 1.3 tickets, so no +res row).
@@ -214,7 +214,10 @@ class Contender:
     def __init__(self, name, ids, tmp, build):
         self.name = name
         self.pool = name.endswith("+pool")
-        self.resume = name.endswith("+res") or self.pool
+        # +pp: the PROXY protocol on both sides (load -> client: v2 header
+        # read; server -> backend: v2 header sent), with resumption.
+        self.pp = name.endswith("+pp")
+        self.resume = name.endswith("+res") or self.pool or self.pp
         self.ids = ids
         self.tmp = tmp
         self.build = build
@@ -255,10 +258,12 @@ class Upseal(Contender):
             conf += "resumption = %s\n" % ("yes" if self.resume else "no")
         w = ("workers = %d\n" % UPSEAL_WORKERS) if UPSEAL_HAS_WORKERS else ""
         srv = self.write("upseal-server.ini", conf % (
-            w, sp, be_port, i["srv_crt"], i["srv_key"], i["cli_pin"]))
+            w, sp, be_port, i["srv_crt"], i["srv_key"], i["cli_pin"]) +
+            ("proxy_protocol = v2\n" if self.pp else ""))
         cli = self.write("upseal-client.ini", conf % (
             w, cp, sp, i["cli_crt"], i["cli_key"], i["srv_pin"]) +
-            ("pool = %d\n" % POOL_SIZE if self.pool else ""))
+            ("pool = %d\n" % POOL_SIZE if self.pool else "") +
+            ("proxy_protocol = accept\n" if self.pp else ""))
         self.procs.append(Proc("upseal-server", [
             os.path.join(self.build, "upseal-server"), "-c", srv], self.tmp))
         wait_port(sp, self.procs)
@@ -409,13 +414,16 @@ def load(build, args, timeout):
 def measure(c, addr, build, cfg):
     """One contender, already started: every test once. Returns a dict."""
     m = {}
+    # +pp: every connection of the load tool begins with a PROXY v2 header.
+    pp = ["--proxy-v2"] if getattr(c, "pp", False) else []
+    addr_args = ["--addr", addr] + pp
     pids = c.pids()
     # idle: RSS of both sides after one warm-up connection, then with N held.
-    load(build, ["rate", "--addr", addr, "--conc", "1", "--max", "3"], 60)
+    load(build, ["rate"] + addr_args + ["--conc", "1", "--max", "3"], 60)
     time.sleep(0.2)
     base = rss_kib_of(pids)
-    lp = subprocess.Popen([os.path.join(build, "bench", "load"), "idle", "--addr",
-                           addr, "--conns", str(cfg.idle), "--conc", "32"],
+    lp = subprocess.Popen([os.path.join(build, "bench", "load"), "idle"] +
+                          addr_args + ["--conns", str(cfg.idle), "--conc", "32"],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE)
     try:
@@ -440,14 +448,15 @@ def measure(c, addr, build, cfg):
         m["rss_base_kib"] = base
     time.sleep(0.5)
     # ping-pong
-    r = load(build, ["pingpong", "--addr", addr, "--count", str(cfg.pings)], 120)
+    r = load(build, ["pingpong"] + addr_args + ["--count", str(cfg.pings)], 120)
     m["pp_p50_us"], m["pp_p99_us"] = r["p50_us"], r["p99_us"]
     # connection rate at 1 and 32
     for conc in (1, 32):
         pids = c.pids()
         c0 = cpu_of(pids)
-        r = load(build, ["rate", "--addr", addr, "--conc", str(conc), "--seconds",
-                         str(cfg.rate_s), "--max", str(cfg.rate_max)], 120)
+        r = load(build, ["rate"] + addr_args + ["--conc", str(conc),
+                         "--seconds", str(cfg.rate_s), "--max",
+                         str(cfg.rate_max)], 120)
         time.sleep(0.3)   # let the sides finish closing what the run opened
         c1 = cpu_of(c.pids())
         k = "c%d" % conc
@@ -459,7 +468,7 @@ def measure(c, addr, build, cfg):
             m[k + "_cpu_ms_per_conn"] = (c1 - c0) * 1000 / r["ok"]
     # paced arrivals: one connection at a time, GAP_MS between them, as a
     # proxy sees when its clients are not a load generator's tight loop
-    r = load(build, ["rate", "--addr", addr, "--conc", "1", "--gap-ms",
+    r = load(build, ["rate"] + addr_args + ["--conc", "1", "--gap-ms",
                      str(GAP_MS), "--seconds", str(cfg.rate_s),
                      "--max", str(cfg.rate_max)], 120)
     m["paced_p50_us"], m["paced_p99_us"] = r["p50_us"], r["p99_us"]
@@ -473,7 +482,7 @@ def measure(c, addr, build, cfg):
                                  ",".join(str(p.pid) for p in c.procs)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-    r = load(build, ["bulk", "--addr", addr, "--bytes", str(cfg.bulk)], 900)
+    r = load(build, ["bulk"] + addr_args + ["--bytes", str(cfg.bulk)], 900)
     if perf is not None:
         perf.send_signal(signal.SIGINT)
         perf.wait(60)
@@ -525,7 +534,8 @@ def table(results, names, aead):
            "|---|" + "---|" * len(COLUMNS)]
     for n in names:
         cells = []
-        ref = ("upseal+res" if (n.endswith("+res") or n == "upseal+pool") and
+        ref = ("upseal+res" if (n.endswith("+res") or
+                               n in ("upseal+pool", "upseal+pp")) and
                "upseal+res" in med else "upseal")
         up = med.get(ref, {})
         for k, _, f in COLUMNS:

@@ -121,6 +121,20 @@ static inline const mbedtls_x509_crt *compat_session_peer_cert(
 #endif
 }
 
+/*
+ * The argument a connection's verify callback was set with
+ * (mbedtls_ssl_set_verify): the connection's own state, for callbacks
+ * that mbedTLS sets per configuration (SNI). 3.6 hides the field.
+ */
+static inline void *compat_ssl_verify_arg(const mbedtls_ssl_context *ssl)
+{
+#if UPSEAL_MBEDTLS3
+	return ssl->MBEDTLS_PRIVATE(p_vrfy);
+#else
+	return ssl->p_vrfy;
+#endif
+}
+
 /* True if a parsed certificate says basicConstraints CA:TRUE. */
 static inline bool compat_crt_is_ca(const mbedtls_x509_crt *crt)
 {

@@ -53,6 +53,8 @@ static const struct cfg_tunnel tunnel_defaults = {
 	.max_connections = 10000,
 	.resumption = true,
 	.pool_idle_ms = 60 * 1000,
+	.proxy_header_timeout_ms = 5 * 1000,
+	.trust_client_address = true,
 };
 
 /*
@@ -171,6 +173,20 @@ static void check_handshakes(struct parser *p, struct cfg_tunnel *t)
 		    t->max_connections);
 }
 
+/* proxy_protocol: accept is the client's, v1 and v2 the server's. */
+static void check_proxy(struct parser *p, const struct cfg_tunnel *t)
+{
+	bool client = p->role == CFG_CLIENT;
+	if (t->proxy_protocol == CFG_PP_OFF ||
+	    (t->proxy_protocol == CFG_PP_ACCEPT) == client)
+		return;
+	fail(p, p->seen[K_PROXY_PROTOCOL], t->name, "proxy_protocol", client ?
+	    "a client tunnel reads a PROXY header from its plaintext peer; "
+	    "expected accept or off (v1 and v2 are what upseal-server sends "
+	    "its backend)" : "a server tunnel sends a PROXY header to its "
+	    "backend; expected v2, v1 or off (accept is for upseal-client)");
+}
+
 static void check_unique_listen(struct parser *p, const struct cfg_tunnel *t)
 {
 	char text[ADDR_TEXT_MAX];
@@ -221,6 +237,7 @@ static void finish_section(struct parser *p)
 		return;
 	check_local(p, t);
 	check_handshakes(p, t);
+	check_proxy(p, t);
 	default_server_name(p, t);
 	check_unique_listen(p, t);
 }

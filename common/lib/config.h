@@ -31,6 +31,11 @@ enum cfg_cipher {
 #define CFG_CIPHERS_MAX 3
 /* max_handshakes when unset (or max_connections, if smaller). */
 #define CFG_HANDSHAKES_DEFAULT 256
+/*
+ * proxy_protocol: a client tunnel reads a PROXY header from its plaintext
+ * peer (accept); a server tunnel sends one to its backend (v1, v2).
+ */
+enum cfg_proxy { CFG_PP_OFF, CFG_PP_ACCEPT, CFG_PP_V1, CFG_PP_V2 };
 /* pool = N per tunnel at most. */
 #define CFG_POOL_MAX 1000
 
@@ -60,6 +65,11 @@ struct cfg_tunnel {
 	/* Client: handshaken connections kept ready (0 = no pool). */
 	unsigned pool;			/* default 0, at most CFG_POOL_MAX */
 	uint64_t pool_idle_ms;		/* a ready one unused this long is replaced; 60s */
+	enum cfg_proxy proxy_protocol;	/* default off */
+	/* Client, accept: the whole header must come within this; 5s. */
+	uint64_t proxy_header_timeout_ms;
+	/* Server: use the client address a client sidecar carries; yes. */
+	bool trust_client_address;
 };
 
 struct cfg {

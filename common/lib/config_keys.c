@@ -239,6 +239,23 @@ static int set_ciphers(const struct cfg_key *k, void *field, const char *v,
 		return whyf(why, "no suite; expected %s", k->form);
 	return 0;
 }
+/* Either role's values; config.c checks that the role has this one. */
+static int set_proxy_protocol(const struct cfg_key *k, void *field,
+    const char *v, char *why)
+{
+	static const char *const names[] = { [CFG_PP_OFF] = "off",
+		[CFG_PP_ACCEPT] = "accept", [CFG_PP_V1] = "v1",
+		[CFG_PP_V2] = "v2" };
+	for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+		if (strcmp(v, names[i]) == 0) {
+			*(enum cfg_proxy *)field = (enum cfg_proxy)i;
+			return 0;
+		}
+	}
+	return whyf(why, "\"%s\" is not a PROXY protocol setting; expected "
+	    "%s", v, k->form);
+}
+
 #define T(m) offsetof(struct cfg_tunnel, m)
 
 #define KEY(n, fn, o, f, ...) \
@@ -276,6 +293,14 @@ const struct cfg_key cfg_tunnel_keys[K_TUNNEL_KEYS] = {
 	[K_MAX_HANDSHAKES] = KEY("max_handshakes", set_count,
 	    T(max_handshakes), "a number from 1 to max_connections",
 	    .min = 1, .max = 1000000, .server_only = true),
+	[K_PROXY_PROTOCOL] = KEY("proxy_protocol", set_proxy_protocol,
+	    T(proxy_protocol), "v2, v1 or off (server); accept or off "
+	    "(client)"),
+	[K_PROXY_HEADER_TIMEOUT] = KEY("proxy_header_timeout", set_duration,
+	    T(proxy_header_timeout_ms), DURATION_FORM, .min = 1,
+	    .max = HOUR_MS, .client_only = true),
+	[K_TRUST_CLIENT_ADDRESS] = KEY("trust_client_address", set_bool,
+	    T(trust_client_address), "yes or no", .server_only = true),
 };
 
 /* The field is the cfg itself: status and has_status go together. */

@@ -160,7 +160,8 @@ void metrics_render(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
 	    FIELD(pool_ready));
 	per_tunnel(b, t, n, "upseal_pool_handoffs_total", "counter", "Pooled "
 	    "connections put to use: client, handed to an accepted client; "
-	    "server, the preamble came and the backend was dialed.",
+	    "server, the preamble came (pooled or carrying an address) and "
+	    "the backend was dialed.",
 	    FIELD(pool_handoffs));
 	per_tunnel(b, t, n, "upseal_pool_misses_total", "counter", "Client: "
 	    "accepted connections that found no pooled one ready and dialed.",
@@ -171,4 +172,14 @@ void metrics_render(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
 	per_tunnel(b, t, n, "upseal_pool_recycled_total", "counter", "Client: "
 	    "pooled connections closed unused after pool_idle.",
 	    FIELD(pool_recycled));
+
+	per_tunnel(b, t, n, "upseal_proxy_headers_total", "counter", "PROXY "
+	    "protocol headers: client, read from the plaintext peer "
+	    "(proxy_protocol = accept; refused ones are in "
+	    "upseal_connections_closed_total); server, sent to the backend.",
+	    FIELD(proxy_headers));
+	per_tunnel(b, t, n, "upseal_client_addresses_carried_total", "counter",
+	    "The original client's address carried across the tunnel: "
+	    "client, sent in the preamble; server, received and used.",
+	    FIELD(carried));
 }

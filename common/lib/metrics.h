@@ -49,6 +49,9 @@ struct tunnel_stats {
 	stat_counter pool_failures;	/* client: pool dials/handshakes that failed */
 	stat_counter pool_recycled;	/* client: closed unused after pool_idle */
 	_Atomic unsigned pool_failing;	/* client: workers in a failure streak */
+	/* The PROXY protocol (origin.c). */
+	stat_counter proxy_headers;	/* client: accepted; server: sent */
+	stat_counter carried;		/* client: sent an address; server: used one */
 };
 
 /* Add n to a counter (any thread). */

@@ -16,9 +16,11 @@
  *   POOL_WAIT  timer  -> DIAL
  *   DIAL       dialed -> HANDSHAKE (client: the TLS end), RELAY (server)
  *   HANDSHAKE  done   -> RELAY (client), POOLED (client pool conn),
- *                        PREAMBLE (server, upseal/1), DIAL (server)
- *   PREAMBLE   byte   -> DIAL
- *   POOLED     taken  -> RELAY (conn_accept hands it a plaintext end)
+ *                        PREAMBLE (server, upseal/2 or /1), DIAL (server)
+ *   PREAMBLE   came   -> DIAL
+ *   POOLED     taken  -> RELAY (conn_accept hands it a plaintext end),
+ *                        or PROXY_HEADER first (proxy_protocol = accept)
+ *   PROXY_HEADER read -> DIAL, or RELAY with a ready pool conn
  * Every phase ends early on its timer (connect, handshake, idle,
  * pool_idle) or on an error, and RELAY ends when both pipes have passed
  * their EOF on: all through conn_drop, which is not a phase but a flag
@@ -148,6 +150,7 @@ static void conn_free(struct conn *c)
 	struct tunnel *t = c->tun;
 	bool pooled = c->pool;
 	tlsio_free(&c->io);
+	free(c->hdr);
 	tunnel_conf_release(c->conf);	/* after the ssl that used it */
 	if (c->ai_list != NULL)
 		uv_freeaddrinfo(c->ai_list);
@@ -284,6 +287,9 @@ static void on_timer(uv_timer_t *timer)
 	case PH_PREAMBLE:
 		conn_drop(c, REASON_IDLE_TIMEOUT);
 		return;
+	case PH_PROXY_HEADER:
+		conn_event(c, origin_header_timeout(c));
+		return;
 	}
 }
 
@@ -329,6 +335,7 @@ static void handshake_step(struct conn *c)
 	}
 	hs_leave(c);	/* the ~37 KB it holds are now a connection's */
 	bool resumed = tls_resumed(&c->io.peer);	/* before the check fills it */
+	c->resumed = resumed;
 	/* Judged against the tunnel's settings now, not those of accept. */
 	enum tls_verdict v = tls_check_peer(c->tun->conf->tls, &c->io.ssl,
 	    &c->io.peer);
@@ -372,7 +379,7 @@ static void pooled_enter(struct conn *c)
 	pool_fill(c->tun);
 }
 
-/* Server: the handshake negotiated upseal/1: wait for the preamble. */
+/* Server: the handshake negotiated upseal/2 or upseal/1: wait for the preamble. */
 static void preamble_enter(struct conn *c)
 {
 	if (c->tun->stopping) {	/* no backend will be dialed any more */
@@ -395,12 +402,18 @@ static void preamble_enter(struct conn *c)
 static void handshaken(struct conn *c)
 {
 	if (c->tun->role == CFG_CLIENT) {
-		if (c->pool)
+		if (c->pool) {
 			pooled_enter(c);
+			return;
+		}
+		int st = c->carried.family != PP_NONE ?
+		    origin_send_preamble(c) : 0;
+		if (st != 0)
+			conn_event(c, st);
 		else
 			relay_enter(c);
-	} else if (preamble_negotiated(&c->io.ssl)) {
-		/* A pool conn: the backend is dialed when a client uses it. */
+	} else if (preamble_version(&c->io.ssl) != 0) {
+		/* The backend is dialed when the preamble says so. */
 		preamble_enter(c);
 	} else {
 		/* Only now, with a pinned peer, is the backend dialed. */
@@ -426,7 +439,9 @@ static void handshake_enter(struct conn *c)
 	conn_enter(c, PH_HANDSHAKE, conn_cfg(c)->handshake_timeout_ms);
 	c->hs_started = uv_hrtime();
 	hs_enter(c);
-	int rc = tlsio_init(&c->io, c->conf->tls, c->pool, c->error,
+	/* ALPN (and so a preamble) on pool conns and those that carry. */
+	int rc = tlsio_init(&c->io, c->conf->tls,
+	    c->pool || c->carried.family != PP_NONE, c->error,
 	    sizeof c->error);
 	int st = rc != 0 ? conn_end_tls(c, "TLS set-up", rc) :
 	    relay_tls_reading(c);
@@ -470,8 +485,14 @@ static void on_connected(uv_connect_t *req, int status)
 		c->ai_list = c->ai_next = NULL;
 	}
 	stream_tune(dialed(c), c->tun->role == CFG_CLIENT);
-	if (c->tun->role == CFG_CLIENT)
+	if (c->tun->role == CFG_CLIENT) {
 		handshake_enter(c);
+		return;
+	}
+	/* The PROXY header, if any, is the backend's first byte. */
+	int st = origin_send_header(c);
+	if (st != 0)
+		conn_event(c, st);
 	else
 		relay_enter(c);
 }
@@ -646,11 +667,42 @@ struct conn *conn_new(struct tunnel *t)
 	return c;
 }
 
+/*
+ * Client: the plaintext end is accepted (and its PROXY header read): hand
+ * it a ready pool conn's TLS end, or dial one.
+ */
+static void client_go(struct conn *c)
+{
+	if (!c->tls_open) {
+		dial(c);
+		return;
+	}
+	int st = pool_handoff(c);
+	if (st != 0)
+		conn_event(c, st);
+	else
+		relay_enter(c);	/* the idle timeout starts now */
+}
+
+/* Client, proxy_protocol = accept: read the header, under its deadline. */
+static void proxy_header_enter(struct conn *c)
+{
+	conn_enter(c, PH_PROXY_HEADER, conn_cfg(c)->proxy_header_timeout_ms);
+	c->hdr = malloc(PP_MAX);
+	if (c->hdr == NULL) {
+		conn_drop(c, REASON_NOMEM);
+		return;
+	}
+	if (pipe_read(&c->p2t, true) != 0) {
+		conn_errorf(c, "plaintext read: cannot start");
+		conn_drop(c, REASON_PLAIN_ERROR);
+	}
+}
+
 int conn_accept(struct tunnel *t)
 {
 	/* A client takes a ready pool conn if there is one. */
 	struct conn *c = t->role == CFG_CLIENT ? pool_take(t) : NULL;
-	bool pooled = c != NULL;
 	if (c == NULL)
 		c = conn_new(t);
 	if (c == NULL) {
@@ -684,16 +736,13 @@ int conn_accept(struct tunnel *t)
 	verdict_describe_peer(c, s);
 	stream_tune(s, t->role == CFG_SERVER);
 
-	if (pooled) {
-		int st = pool_handoff(c);
-		if (st != 0)
-			conn_event(c, st);
-		else
-			relay_enter(c);	/* the idle timeout starts now */
-	} else if (t->role == CFG_CLIENT) {
-		dial(c);
-	} else {
+	if (t->role == CFG_SERVER)
 		handshake_enter(c);
+	else if (tunnel_cfg(t)->proxy_protocol == CFG_PP_ACCEPT)
+		proxy_header_enter(c);
+	else {
+		origin_from_peer(c);
+		client_go(c);
 	}
 	return 0;
 }
@@ -723,8 +772,24 @@ void conn_drop_unused(struct tunnel *t, enum reason why)
 static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
 	struct conn *c = s->data;
-	if (n != 0 && !c->dropped)
+	if (n == 0 || c->dropped)
+		return;
+	if (c->phase != PH_PROXY_HEADER) {
 		conn_event(c, relay_plain_read(c, n, buf));
+		return;
+	}
+	int st = origin_header_input(c, n, buf);
+	if (st != CONN_NEXT) {
+		conn_event(c, st);
+		return;
+	}
+	/* Relay reads again once the TLS end is up; the rest is kept. */
+	if (pipe_read(&c->p2t, false) != 0) {
+		conn_errorf(c, "plaintext read: cannot stop");
+		conn_drop(c, REASON_PLAIN_ERROR);
+		return;
+	}
+	client_go(c);
 }
 
 /* The TLS end's input, in every phase: to whoever the phase says. */

@@ -17,6 +17,7 @@
 
 #include "conn.h"
 #include "pipe.h"
+#include "proxyproto.h"
 #include "tls.h"
 #include "tlsio.h"
 #include "tunnel.h"
@@ -25,10 +26,12 @@
  * PH_POOL_WAIT, PH_POOLED: a client's pool connection waiting out a
  * backoff before it dials, and one handshaken and waiting for a client
  * (pool.c). PH_PREAMBLE: the server, after a handshake that negotiated
- * upseal/1, waiting for the preamble byte before it dials the backend.
+ * upseal/1 or upseal/2, waiting for the preamble before it dials the
+ * backend. PH_PROXY_HEADER: a client tunnel with proxy_protocol = accept,
+ * reading the PROXY header its plaintext peer sends first (origin.c).
  */
 enum phase { PH_DIAL, PH_HANDSHAKE, PH_RELAY, PH_POOL_WAIT, PH_POOLED,
-    PH_PREAMBLE };
+    PH_PREAMBLE, PH_PROXY_HEADER };
 
 struct conn {
 	struct tunnel *tun;
@@ -72,6 +75,20 @@ struct conn {
 	bool pool;			/* a client's pool conn, not yet handed off */
 	struct conn *ready_prev, *ready_next;	/* in tun->pool.ready_list */
 	uint64_t pooled_at;		/* uv_now: ready (client), waiting (server) */
+
+	/*
+	 * Where the connection came from (origin.c). carried: the client's
+	 * address that crosses the tunnel (client: to send, from a PROXY
+	 * header or a remote plaintext peer; server: as received and
+	 * trusted), PP_NONE if none. hdr: a header being read (client:
+	 * the PROXY header, PP_MAX bytes; server: the preamble,
+	 * PREAMBLE_MAX), then (client) the bytes that came after it, which
+	 * relay_begin sends first; freed when done.
+	 */
+	struct pp_addrs carried;
+	unsigned char *hdr;
+	size_t hdr_len;
+	bool resumed;			/* the handshake was a resumption */
 
 	bool dropped;
 	char peer_text[ADDR_TEXT_MAX];
@@ -206,6 +223,28 @@ int relay_settle(struct conn *c);
 int relay_written(struct conn *c, struct pipe *p, int status);
 /* The shutdown of pipe p's write side completed with status. */
 int relay_shutdown_done(struct conn *c, struct pipe *p, int status);
+
+/* origin.c */
+
+/* Client: the plaintext peer is a remote TCP address: carry it. */
+void origin_from_peer(struct conn *c);
+/*
+ * Client, PH_PROXY_HEADER: a read of the plaintext end (n: libuv's
+ * nread). 0: more is needed; CONN_NEXT: the header is complete (the
+ * address in c->carried, the bytes after it in c->hdr); or CONN_END.
+ */
+int origin_header_input(struct conn *c, ssize_t n, const uv_buf_t *buf);
+/* Client, PH_PROXY_HEADER's deadline: the end's detail; CONN_END. */
+int origin_header_timeout(struct conn *c);
+/* Client: the bytes that came after the PROXY header go first. */
+int origin_send_early(struct conn *c);
+/* Client: a handshake without the pool is done: send the preamble. */
+int origin_send_preamble(struct conn *c);
+/*
+ * Server, proxy_protocol = v1 | v2: the backend is connected: queue the
+ * PROXY header as the first bytes to it.
+ */
+int origin_send_header(struct conn *c);
 
 /* pool.c (the public part is in pool.h) */
 

@@ -1,7 +1,7 @@
 /*
  * pool: pre-handshaken connections, both sides (see pool.h). The client
  * side keeps t->pool.target connections ready; the server side waits for
- * the preamble on connections that negotiated upseal/1.
+ * the preamble on connections that negotiated upseal/2 or upseal/1.
  *
  * A client's pool conn is a struct conn with c->pool set: in t->conns
  * (so tunnel_drop_all reaches it) but counted in t->pool.live, not in
@@ -12,6 +12,7 @@
  * like any other.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <mbedtls/error.h>
@@ -213,15 +214,15 @@ int pool_handshaken(struct conn *c)
 {
 	struct tunnel *t = c->tun;
 	struct tunnel_pool *p = &t->pool;
-	if (!preamble_negotiated(&c->io.ssl)) {
+	if (preamble_version(&c->io.ssl) == 0) {
 		/*
 		 * Not an upseal-server that knows the pool (or an older one):
 		 * it has dialed its backend already. Close; retry with backoff,
 		 * so a server upgraded later is picked up.
 		 */
-		conn_errorf(c, "the server did not select ALPN " PREAMBLE_ALPN
-		    " (not an upseal-server, or one without the pool); pooled "
-		    "connections need it");
+		conn_errorf(c, "the server did not select ALPN " PREAMBLE_ALPN2
+		    " or " PREAMBLE_ALPN1 " (not an upseal-server, or one "
+		    "without the pool); pooled connections need it");
 		int st = pool_close_notify(c);
 		return st != 0 ? st : CONN_END(REASON_POOL_UNSUPPORTED);
 	}
@@ -293,10 +294,7 @@ int pool_handoff(struct conn *c)
 {
 	STAT_ADD(c->tun->stats->pool_handoffs, 1);
 	log_pool_line(c, LOG_DEBUG, "pool_handoff", NULL);
-	int rc = preamble_send(&c->io.ssl);
-	if (rc != 0)
-		return conn_end_tls(c, "TLS write (preamble)", rc);
-	return relay_flush_tls(c);
+	return origin_send_preamble(c);
 }
 
 /* Client, PH_POOLED: the server may only close (or send a TLS 1.3 ticket). */
@@ -330,11 +328,25 @@ int pool_recycle(struct conn *c)
 
 static int preamble_input(struct conn *c)
 {
-	unsigned char byte;
 	enum reason why = REASON_TLS_ERROR;
-	switch (preamble_recv(&c->io, &byte, &why)) {
+	struct pp_addrs carried;
+	if (c->hdr == NULL && (c->hdr = malloc(PREAMBLE_MAX)) == NULL)
+		return CONN_END(REASON_NOMEM);
+	enum preamble_result r = preamble_recv(&c->io,
+	    preamble_version(&c->io.ssl), c->hdr, &c->hdr_len, &carried, &why);
+	if (r != PREAMBLE_WAIT) {
+		free(c->hdr);
+		c->hdr = NULL;
+		c->hdr_len = 0;
+	}
+	switch (r) {
 	case PREAMBLE_GO:
 		STAT_ADD(c->tun->stats->pool_handoffs, 1);
+		if (carried.family != PP_NONE &&
+		    conn_cfg(c)->trust_client_address) {
+			c->carried = carried;
+			STAT_ADD(c->tun->stats->carried, 1);
+		}
 		if (log_enabled(LOG_DEBUG)) {
 			struct log_line l;
 			log_begin(&l, LOG_DEBUG, "preamble");
@@ -347,10 +359,7 @@ static int preamble_input(struct conn *c)
 		}
 		/* The rest of the record waits in mbedTLS for the relay. */
 		return CONN_NEXT;
-	case PREAMBLE_BAD:
-		conn_errorf(c, "the first byte after the handshake was 0x%02x, "
-		    "not the pool preamble 0x%02x (the peer negotiated ALPN "
-		    PREAMBLE_ALPN ")", byte, PREAMBLE_DIAL);
+	case PREAMBLE_BAD:	/* the detail is in c->error */
 		return CONN_END(REASON_BAD_PREAMBLE);
 	case PREAMBLE_CLOSED:
 		/* The client recycled or flushed an unused conn. */

@@ -3,9 +3,9 @@
  * client keeps N connections to its server handshaken and pinned, each
  * in phase PH_POOLED with no plaintext end, refilled in the background
  * and replaced after pool_idle; an accepted client takes one and sends
- * the preamble byte (preamble.h) as its first application data. The
- * server, on a connection that negotiated ALPN upseal/1, dials its
- * backend only when that byte comes. Part of the conn module: pool.c
+ * the preamble (preamble.h) as its first application data. The server,
+ * on a connection that negotiated ALPN upseal/2 or upseal/1, dials its
+ * backend only when the preamble comes. Part of the conn module: pool.c
  * shares conn_int.h with conn.c and relay.c.
  */
 #ifndef UPSEAL_POOL_H

@@ -270,7 +270,10 @@ int relay_plain_read(struct conn *c, ssize_t n, const uv_buf_t *buf)
 int relay_begin(struct conn *c)
 {
 	conn_touch(c);
-	int st = plain_reading(c, true);
+	/* Client: what came after a PROXY header goes before what follows. */
+	int st = origin_send_early(c);
+	if (st == 0)
+		st = plain_reading(c, true);
 	/* Records may already wait in mbedTLS's buffer or in tlsio's input. */
 	if (st == 0)
 		st = tls_drain(c);

@@ -420,6 +420,9 @@ void tunnel_log_start(const struct cfg_tunnel *cfg, enum cfg_role role,
 		log_str(&l, "plaintext_end", text);
 		log_str(&l, "msg", "the plaintext end is reachable beyond this "
 		    "host (allow_remote = yes): traffic there is not protected");
+		if (role == CFG_CLIENT && cfg->proxy_protocol == CFG_PP_ACCEPT)
+			log_str(&l, "proxy_protocol", "accept: whoever reaches "
+			    "it chooses the client address the backend is told");
 		log_end(&l);
 	}
 }

@@ -32,6 +32,11 @@ void verdict_log_end(struct conn *c, enum reason why, bool refused)
 	log_u64(&l, "id", c->id);
 	log_u64(&l, "worker", tunnel_worker(c->tun));
 	log_str(&l, "peer", c->peer_text);
+	if (c->carried.family != PP_NONE) {
+		char client[ADDR_TEXT_MAX];
+		pp_addrs_format_src(&c->carried, client, sizeof client);
+		log_str(&l, "client", client);	/* the carried address */
+	}
 	log_str(&l, "peer_pin", pin[0] ? pin : "-");
 	log_u64(&l, "plain_in", c->p2t.bytes);
 	log_u64(&l, "plain_out", c->t2p.bytes);
@@ -53,7 +58,7 @@ enum reason verdict_handshake(struct conn *c, int rc)
 	if (c->io.alert_sent == MBEDTLS_SSL_ALERT_MSG_NO_APPLICATION_PROTOCOL &&
 	    tunnel_role(c->tun) == CFG_SERVER) {
 		conn_errorf(c, "the client offered ALPN protocols but not "
-		    PREAMBLE_ALPN "; connect without ALPN (openssl s_client "
+		    PREAMBLE_ALPN2 " or " PREAMBLE_ALPN1 "; connect without ALPN (openssl s_client "
 		    "without -alpn, curl --no-alpn) or through upseal-client");
 		return REASON_NO_APPLICATION_PROTOCOL;
 	}

@@ -25,8 +25,8 @@ struct tls_ctx {
 	char *name;		/* the tunnel's, for log lines */
 	enum cfg_role role;
 	mbedtls_ssl_config conf;
-	mbedtls_ssl_config pool_conf;	/* client, pool > 0: conf + ALPN */
-	bool has_pool_conf;
+	mbedtls_ssl_config alpn_conf;	/* client: conf + ALPN, for preambles */
+	bool has_alpn_conf;
 	mbedtls_x509_crt own_crt;
 	mbedtls_pk_context own_key;
 	mbedtls_x509_crt ca;
@@ -264,6 +264,9 @@ static int ticket_open(void *p, mbedtls_ssl_session *session,
  * checks, own certificate, tickets. A client's pool configuration is a
  * second conf set up the same way (plus ALPN), so the two cannot drift.
  */
+static int sni_cb(void *arg, mbedtls_ssl_context *ssl,
+    const unsigned char *name, size_t len);
+
 static int conf_setup(struct tls_ctx *ctx, mbedtls_ssl_config *conf,
     const struct cfg_tunnel *t, char *err, size_t errlen)
 {
@@ -308,6 +311,8 @@ static int conf_setup(struct tls_ctx *ctx, mbedtls_ssl_config *conf,
 	mbedtls_ssl_conf_authmode(conf, MBEDTLS_SSL_VERIFY_OPTIONAL);
 	if (ctx->has_ca)
 		mbedtls_ssl_conf_ca_chain(conf, &ctx->ca, NULL);
+	if (ctx->role == CFG_SERVER)
+		mbedtls_ssl_conf_sni(conf, sni_cb, NULL);
 	rc = mbedtls_ssl_conf_own_cert(conf, &ctx->own_crt, &ctx->own_key);
 	if (rc != 0) {
 		snprintf(err, errlen, "[%s] cert: %s: cannot be used: %s",
@@ -381,13 +386,15 @@ static void ec_warm(mbedtls_pk_context *pk)
 }
 
 /*
- * ALPN, for the pool (see preamble.h). The server always lists upseal/1:
- * a client offering it gets it, a client offering no ALPN gets the plain
- * behaviour (mbedTLS refuses a client that offers only other protocols,
- * with no_application_protocol). The client offers it only on pool
- * connections, from a second configuration (mbedTLS sets ALPN per
- * configuration, not per connection): an ordinary connection's
- * ClientHello stays as it was.
+ * ALPN, for the preamble (see preamble.h). The server always lists
+ * upseal/2 and upseal/1, in that order of preference: a client offering
+ * them gets the newest both know, a client offering no ALPN gets the
+ * plain behaviour (mbedTLS refuses a client that offers only other
+ * protocols, with no_application_protocol). The client offers them only
+ * on connections that send a preamble (pool connections, and those that
+ * carry their client's address), from a second configuration (mbedTLS
+ * sets ALPN per configuration, not per connection): any other
+ * connection's ClientHello stays as it was.
  */
 static int alpn_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
     char *err, size_t errlen)
@@ -395,12 +402,10 @@ static int alpn_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 	char msg[200];
 	mbedtls_ssl_config *conf = &ctx->conf;
 	if (ctx->role == CFG_CLIENT) {
-		if (t->pool == 0)
-			return 0;
-		if (conf_setup(ctx, &ctx->pool_conf, t, err, errlen) != 0)
+		if (conf_setup(ctx, &ctx->alpn_conf, t, err, errlen) != 0)
 			return -1;
-		ctx->has_pool_conf = true;
-		conf = &ctx->pool_conf;
+		ctx->has_alpn_conf = true;
+		conf = &ctx->alpn_conf;
 	}
 	int rc = mbedtls_ssl_conf_alpn_protocols(conf, preamble_alpn_list());
 	if (rc != 0) {
@@ -427,7 +432,7 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 	if ((ctx->name = strdup(t->name)) == NULL)
 		goto fail_nomem;
 	mbedtls_ssl_config_init(&ctx->conf);
-	mbedtls_ssl_config_init(&ctx->pool_conf);
+	mbedtls_ssl_config_init(&ctx->alpn_conf);
 	mbedtls_x509_crt_init(&ctx->own_crt);
 	mbedtls_pk_init(&ctx->own_key);
 	mbedtls_x509_crt_init(&ctx->ca);
@@ -505,7 +510,7 @@ void tls_ctx_free(struct tls_ctx *ctx)
 	if (ctx == NULL)
 		return;
 	mbedtls_ssl_config_free(&ctx->conf);
-	mbedtls_ssl_config_free(&ctx->pool_conf);
+	mbedtls_ssl_config_free(&ctx->alpn_conf);
 	mbedtls_x509_crt_free(&ctx->own_crt);
 	mbedtls_pk_free(&ctx->own_key);	/* zeroizes the key */
 	mbedtls_x509_crt_free(&ctx->ca);
@@ -563,6 +568,26 @@ static int verify_cb(void *arg, mbedtls_x509_crt *crt, int depth,
 	return 0;
 }
 
+/*
+ * Server: keep the server name the client sent (the backend's PROXY
+ * header carries it as PP2_TYPE_AUTHORITY). The connection's peer is the
+ * verify callback's argument. Any name is accepted: the certificate is
+ * the tunnel's either way.
+ */
+static int sni_cb(void *arg, mbedtls_ssl_context *ssl,
+    const unsigned char *name, size_t len)
+{
+	struct tls_peer *peer = compat_ssl_verify_arg(ssl);
+	(void)arg;
+	if (peer == NULL)
+		return 0;
+	if (len >= sizeof peer->sni)
+		len = sizeof peer->sni - 1;
+	memcpy(peer->sni, name, len);
+	peer->sni[len] = 0;
+	return 0;
+}
+
 static int session_setup(const struct tls_ctx *ctx,
     const mbedtls_ssl_config *conf, mbedtls_ssl_context *ssl,
     struct tls_peer *peer)
@@ -589,10 +614,10 @@ int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
 	return session_setup(ctx, &ctx->conf, ssl, peer);
 }
 
-int tls_session_setup_pool(const struct tls_ctx *ctx,
+int tls_session_setup_preamble(const struct tls_ctx *ctx,
     mbedtls_ssl_context *ssl, struct tls_peer *peer)
 {
-	return session_setup(ctx, ctx->has_pool_conf ? &ctx->pool_conf :
+	return session_setup(ctx, ctx->has_alpn_conf ? &ctx->alpn_conf :
 	    &ctx->conf, ssl, peer);
 }
 

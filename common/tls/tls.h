@@ -29,6 +29,9 @@ enum tls_verdict {
 	TLS_PEER_NO_CERT,	/* the peer presented no certificate */
 };
 
+/* A DNS name is at most 253 bytes; a longer SNI is kept cut short. */
+#define TLS_SNI_MAX 256
+
 /* What one connection learned about its peer during the handshake. */
 struct tls_peer {
 	const struct tls_ctx *ctx;
@@ -37,6 +40,8 @@ struct tls_peer {
 	bool verified;		/* the verify callback passed it, under ctx */
 	bool has_pin;
 	struct pin pin;		/* the peer's key, once seen */
+	/* Server: the server name (SNI) the client sent, or "". */
+	char sni[TLS_SNI_MAX];
 };
 
 /*
@@ -44,8 +49,8 @@ struct tls_peer {
  * checks they are a pair) and ca. The key and the ticket_key_file are
  * read under secret.h's rule; run_as is the uid of `user =` (a secret it
  * owns is fine while root reads it at start), or (uid_t)-1. A server's configuration lists the ALPN
- * protocol upseal/1; a client's with pool > 0 gets a second one that
- * offers it (tls_session_setup_pool). On error returns -1 and err names the
+ * protocols upseal/2 and upseal/1 (preamble.h); a client's gets a second
+ * configuration that offers them (tls_session_setup_preamble). On error returns -1 and err names the
  * tunnel, the file and what is wrong. *out is owned by the caller
  * (tls_ctx_free); it keeps no pointer into t.
  */
@@ -65,11 +70,11 @@ int tls_session_setup(const struct tls_ctx *ctx, mbedtls_ssl_context *ssl,
     struct tls_peer *peer);
 
 /*
- * The same for a client's pool connection: its ClientHello also offers
- * the ALPN protocol upseal/1 (preamble.h). Needs a context built for a
- * tunnel with pool > 0 (else the same as tls_session_setup).
+ * The same for a client's connection that will send a preamble (a pool
+ * connection, or one that carries its client's address): its ClientHello
+ * also offers the ALPN protocols upseal/2 and upseal/1 (preamble.h).
  */
-int tls_session_setup_pool(const struct tls_ctx *ctx,
+int tls_session_setup_preamble(const struct tls_ctx *ctx,
     mbedtls_ssl_context *ssl, struct tls_peer *peer);
 
 /*

@@ -76,7 +76,7 @@ static int bio_recv(void *arg, unsigned char *buf, size_t len)
 	return (int)n;
 }
 
-int tlsio_init(struct tlsio *io, struct tls_ctx *ctx, bool pool,
+int tlsio_init(struct tlsio *io, struct tls_ctx *ctx, bool preamble,
     char *error, size_t errlen)
 {
 	memset(io, 0, sizeof *io);
@@ -85,7 +85,8 @@ int tlsio_init(struct tlsio *io, struct tls_ctx *ctx, bool pool,
 	io->errlen = errlen;
 	mbedtls_ssl_init(&io->ssl);
 	io->ssl_init = true;
-	int rc = pool ? tls_session_setup_pool(ctx, &io->ssl, &io->peer) :
+	int rc = preamble ?
+	    tls_session_setup_preamble(ctx, &io->ssl, &io->peer) :
 	    tls_session_setup(ctx, &io->ssl, &io->peer);
 	if (rc != 0)
 		return rc;

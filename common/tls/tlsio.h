@@ -60,12 +60,12 @@ enum tlsio_status {
 
 /*
  * Set up io for one connection under ctx (which must outlive io):
- * tls_session_setup, or tls_session_setup_pool when pool, the BIO, and for
- * a client the cached session to resume. error (errlen bytes) receives
+ * tls_session_setup, or tls_session_setup_preamble when preamble, the
+ * BIO, and for a client the cached session to resume. error (errlen bytes) receives
  * the detail of every end io reports. 0 or an mbedTLS error code; io is
  * to be tlsio_free'd either way.
  */
-int tlsio_init(struct tlsio *io, struct tls_ctx *ctx, bool pool,
+int tlsio_init(struct tlsio *io, struct tls_ctx *ctx, bool preamble,
     char *error, size_t errlen);
 
 /* Free everything io holds (the context zeroizes its keys). */

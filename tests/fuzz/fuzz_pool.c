@@ -1,10 +1,12 @@
 /*
  * libFuzzer target: the server's handling of what follows a handshake
- * that negotiated ALPN upseal/1 (the pool's preamble, common/tls/preamble.c),
+ * that negotiated ALPN upseal/2 (the preamble, common/tls/preamble.c: the
+ * byte 0x01, or a PROXY v2 header carrying the client's address),
  * through the product's tlsio (its BIO and read loop), as pool.c's
  * preamble_input drives it.
  *
- * Per input: a client (tls_session_setup_pool: offers upseal/1) and a
+ * Per input: a client (tls_session_setup_preamble: offers upseal/2 and
+ * upseal/1) and a
  * server (tlsio_init: tls_session_setup), both from tls_ctx_new as the
  * daemons build them, do a resumed handshake over in-memory pipes (a session is cached
  * once at start-up, so each run costs no public-key operation). The input
@@ -19,11 +21,14 @@
  * of input; on PREAMBLE_GO it reads what is left with tlsio_read, as the
  * relay would.
  *
- * Oracles, when no raw bytes were injected: the decision follows the
- * first application byte the client wrote (0x01: GO; another: BAD with
- * that byte; none before close_notify or EOF: CLOSED; none at all:
- * WAIT); after GO, the server reads exactly the client's bytes after the
- * 0x01, none lost, none added. With raw bytes, only memory safety.
+ * Oracles, when no raw bytes were injected: the decision follows what the
+ * client wrote, judged by pp_parse independently: 0x01 first, or a whole
+ * v2 header of at most PREAMBLE_MAX bytes: GO, with the header's address;
+ * any other first byte, bytes that cannot begin a v2 header, or a header
+ * cut short by close_notify or EOF: BAD; nothing before close_notify or EOF: CLOSED;
+ * the beginning of a header, or nothing: WAIT. After GO, the server
+ * reads exactly the client's bytes after the preamble, none lost, none
+ * added. With raw bytes, only memory safety.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -146,7 +151,7 @@ static int handshake(struct wire *w, mbedtls_ssl_context *cli,
 static int pair(struct wire *w, mbedtls_ssl_context *cli,
     struct tlsio *srv, struct tls_peer *cp, char *err, size_t errlen)
 {
-	if (tls_session_setup_pool(cli_ctx, cli, cp) != 0 ||
+	if (tls_session_setup_preamble(cli_ctx, cli, cp) != 0 ||
 	    tlsio_init(srv, srv_ctx, false, err, errlen) != 0)
 		die("setup", "mbedtls_ssl_setup failed");
 	mbedtls_ssl_set_bio(cli, w, cli_send, cli_recv, NULL);
@@ -157,8 +162,8 @@ static int pair(struct wire *w, mbedtls_ssl_context *cli,
 	if (tls_check_peer(cli_ctx, cli, cp) != TLS_PEER_OK ||
 	    tls_check_peer(srv_ctx, &srv->ssl, &srv->peer) != TLS_PEER_OK)
 		die("pair", "a pinned peer was refused");
-	if (!preamble_negotiated(cli) || !preamble_negotiated(&srv->ssl))
-		die("pair", "upseal/1 was not negotiated");
+	if (preamble_version(cli) != 2 || preamble_version(&srv->ssl) != 2)
+		die("pair", "upseal/2 was not negotiated");
 	return 0;
 }
 
@@ -293,10 +298,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * input (tlsio_read retries a stalled WANT_READ itself).
 	 */
 	enum preamble_result r;
-	unsigned char byte = 0;
+	unsigned char hdr[PREAMBLE_MAX];
+	size_t have = 0;
+	struct pp_addrs carried;
 	enum reason why = REASON_OTHER;
 	srv_feed(w, &srv);
-	r = preamble_recv(&srv, &byte, &why);
+	r = preamble_recv(&srv, preamble_version(&srv.ssl), hdr, &have,
+	    &carried, &why);
 	srv_done(w, &srv);
 	unsigned char rest[PIPE_CAP];
 	size_t nrest = 0;
@@ -312,15 +320,44 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (sent->len == 0) {
 		if (r != (sent->closed ? PREAMBLE_CLOSED : PREAMBLE_WAIT))
 			die("oracle", "a decision without an application byte");
-	} else if (sent->data[0] == PREAMBLE_DIAL) {
-		if (r != PREAMBLE_GO || byte != PREAMBLE_DIAL)
-			die("oracle", "the preamble was not recognised");
-		if (nrest != sent->len - 1 ||
-		    memcmp(rest, sent->data + 1, nrest) != 0)
-			die("oracle", "the bytes after the preamble differ");
-	} else if (r != PREAMBLE_BAD || byte != sent->data[0]) {
-		die("oracle", "a wrong first byte was not refused as itself");
+		goto out;
 	}
+	struct pp_header h;
+	char pwhy[256];
+	size_t used = 0;
+	enum preamble_result want = PREAMBLE_BAD;
+	if (sent->data[0] == PREAMBLE_DIAL) {
+		want = PREAMBLE_GO;
+		used = 1;
+	} else if (sent->data[0] == 0x0D) {	/* a v2 header, or nothing */
+		switch (pp_parse(sent->data, sent->len, &h, pwhy, sizeof pwhy)) {
+		case PP_DONE:
+			if (h.version == 2 && h.len <= PREAMBLE_MAX) {
+				want = PREAMBLE_GO;
+				used = h.len;
+			}
+			break;
+		case PP_MORE:
+			if (!sent->ended && (sent->len < PP_V2_FIXED ||
+			    PP_V2_FIXED + ((size_t)sent->data[14] << 8 |
+			    sent->data[15]) <= PREAMBLE_MAX))
+				want = PREAMBLE_WAIT;
+			break;
+		case PP_BAD:
+			break;
+		}
+	}
+	if (r != want)
+		die("oracle", "the decision differs from pp_parse's");
+	if (r == PREAMBLE_GO && (nrest != sent->len - used ||
+	    memcmp(rest, sent->data + used, nrest) != 0))
+		die("oracle", "the bytes after the preamble differ");
+	if (r == PREAMBLE_GO && used > 1 && !h.local &&
+	    (h.addrs.family == PP_INET || h.addrs.family == PP_INET6) &&
+	    (carried.family != h.addrs.family ||
+	    carried.src_port != h.addrs.src_port ||
+	    memcmp(carried.src, h.addrs.src, 16) != 0))
+		die("oracle", "the carried address differs from the header's");
 out:
 	mbedtls_ssl_free(&cli);
 	tlsio_free(&srv);

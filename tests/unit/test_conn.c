@@ -40,7 +40,7 @@ static int setup(void)
 	struct unit_ids *ids = unit_ids();
 	if (ids == NULL || unit_tunnel(&c, ids, CFG_CLIENT) != 0)
 		return -1;
-	c.pool = 1;	/* the client context can offer upseal/1 */
+	c.pool = 1;	/* the client context can offer upseal/2 and upseal/1 */
 	if (tls_ctx_new(&c, CFG_CLIENT, (uid_t)-1, &cli_ctx, err,
 	    sizeof err) != 0) {
 		printf("  client context: %s\n", err);
@@ -379,14 +379,14 @@ TEST(conn_server_pool_dials_on_the_preamble)
 	CHECK(r.handshaken);
 	if (!r.handshaken)
 		printf("  client: %s\n", r.cli_err);
-	CHECK(preamble_negotiated(&r.io.ssl));
+	CHECK_INT(preamble_version(&r.io.ssl), 2);
 	/* Waiting for the preamble: the backend is not dialed. */
 	for (int i = 0; i < 5; i++)
 		uv_run(&r.loop, UV_RUN_NOWAIT);
 	CHECK(!r.accepted);
 	CHECK_INT(conn_open_count(&r.counters), 1);
 
-	CHECK_INT(preamble_send(&r.io.ssl), 0);
+	CHECK_INT(preamble_send(&r.io.ssl, 2, NULL), 0);
 	cli_send(&r, "ping");	/* in the same flight as the preamble */
 	RUN_UNTIL(&r, r.be_len == 4);
 	CHECK(r.accepted);
