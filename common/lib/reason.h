@@ -47,6 +47,8 @@ enum reason {
 	REASON_HANDSHAKE_SHED,
 	REASON_BAD_RECORD,
 	REASON_RECORD_TOO_LARGE,
+	REASON_REVOKED,
+	REASON_NAME_NOT_ALLOWED,
 	REASON_OTHER,
 	/* Only a client's pool connection ends on these (pool_conn_end). */
 	REASON_POOL_UNSUPPORTED,

@@ -135,7 +135,8 @@ def parse_line(line):
 HANDSHAKE_REASONS = ("pin_mismatch", "no_cert", "chain_invalid",
                      "name_mismatch", "not_tls", "protocol_version",
                      "peer_alert", "handshake_eof", "handshake_failed",
-                     "no_application_protocol")
+                     "no_application_protocol", "revoked",
+                     "name_not_allowed")
 
 
 def event_re(event, **fields):
