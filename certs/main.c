@@ -14,6 +14,7 @@
 
 #include <mbedtls/platform_util.h>
 
+#include "names.h"
 #include "outfile.h"
 #include "pin.h"
 #include "rng.h"
@@ -27,7 +28,7 @@
 
 static const char usage_text[] =
 "usage: upseal-certs new NAME [--dir DIR] [--days N] [--dns HOST]... [--ip ADDR]...\n"
-"                             [--ca DIR/CANAME] [--force]\n"
+"                             [--uri URI]... [--ca DIR/CANAME] [--force]\n"
 "       upseal-certs ca NAME [--dir DIR] [--days N] [--force]\n"
 "       upseal-certs pin FILE\n"
 "       upseal-certs --help | --version\n"
@@ -46,6 +47,8 @@ static const char usage_text[] =
 "  --dns HOST       a DNS name for subjectAltName (repeatable)\n"
 "  --ip ADDR        an IPv4 or IPv6 address for subjectAltName (repeatable);\n"
 "                   with neither --dns nor --ip, subjectAltName is DNS:NAME\n"
+"  --uri URI        a URI for subjectAltName, such as a SPIFFE ID\n"
+"                   spiffe://trust-domain/path (repeatable)\n"
 "  --ca DIR/CANAME  sign with DIR/CANAME.key and DIR/CANAME.crt\n"
 "  --force          replace an existing DIR/NAME.key and DIR/NAME.crt\n"
 "  -h, --help       this text\n"
@@ -68,6 +71,8 @@ struct args {
 	size_t ndns;
 	struct x509gen_ip ip[SAN_MAX];
 	size_t nip;
+	const char *uri[SAN_MAX];
+	size_t nuri;
 	const char *ca;
 	bool force;
 };
@@ -187,13 +192,13 @@ static int parse_option(int argc, char **argv, int *i, struct args *a)
 		return ARGS_OK;
 	}
 	if (is_opt(arg, "--dir") || is_opt(arg, "--days") || is_opt(arg, "--ca") ||
-	    is_opt(arg, "--dns") || is_opt(arg, "--ip")) {
+	    is_opt(arg, "--dns") || is_opt(arg, "--ip") || is_opt(arg, "--uri")) {
 		size_t n = strcspn(arg, "=");
 		char opt[8];
 		snprintf(opt, sizeof opt, "%.*s", (int)n, arg);
 		if (a->cmd == CMD_PIN || (a->cmd == CMD_CA &&
 		    (strcmp(opt, "--dns") == 0 || strcmp(opt, "--ip") == 0 ||
-		    strcmp(opt, "--ca") == 0)))
+		    strcmp(opt, "--uri") == 0 || strcmp(opt, "--ca") == 0)))
 			return usage_error("'%s' takes no %s", cmd, opt);
 		if ((rc = option_value(argc, argv, i, opt, &v)) != ARGS_OK)
 			return rc;
@@ -219,6 +224,19 @@ static int parse_option(int argc, char **argv, int *i, struct args *a)
 				return usage_error("--dns %s: expected a host name "
 				    "such as backend.internal or *.example.com", v);
 			a->dns[a->ndns++] = v;
+		} else if (strcmp(opt, "--uri") == 0) {
+			struct name_rule r;
+			char why[400];
+			if (a->nuri == SAN_MAX)
+				return usage_error("more than %d --uri", SAN_MAX);
+			if (strchr(v, '*') != NULL)
+				return usage_error("--uri %s: a certificate's URI "
+				    "has no wildcard; expected a URI such as "
+				    "spiffe://trust-domain/path", v);
+			if (name_rule_parse(NAME_URI, v, &r, why, sizeof why) != 0)
+				return usage_error("--uri %s", why);
+			free(r.text);
+			a->uri[a->nuri++] = v;
 		} else {
 			if (a->nip == SAN_MAX)
 				return usage_error("more than %d --ip", SAN_MAX);
@@ -409,6 +427,8 @@ static int cmd_make(const struct args *a)
 		.ndns = a->ndns,
 		.ip = a->ip,
 		.nip = a->nip,
+		.uri = a->uri,
+		.nuri = a->nuri,
 		.issuer_crt = a->ca ? &ca_crt : NULL,
 		.issuer_key = a->ca ? &ca_key : NULL,
 	};

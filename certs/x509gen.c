@@ -28,6 +28,8 @@
 /* Tag of a GeneralName: [2] dNSName, [7] iPAddress (IMPLICIT, primitive). */
 #define GN_DNS (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 2)
 #define GN_IP (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7)
+/* [6] uniformResourceIdentifier (IMPLICIT IA5String). */
+#define GN_URI (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 6)
 /* AuthorityKeyIdentifier's [0] keyIdentifier (IMPLICIT, primitive). */
 #define AKI_KEYID (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 0)
 
@@ -137,18 +139,23 @@ static size_t san_size(const struct x509gen_opts *o)
 	size_t size = 16 + strlen(o->name) + 8;
 	for (size_t i = 0; i < o->ndns; i++)
 		size += strlen(o->dns[i]) + 8;
+	for (size_t i = 0; i < o->nuri; i++)
+		size += strlen(o->uri[i]) + 8;
 	return size + o->nip * 24;
 }
 
 /*
  * GeneralNames ::= SEQUENCE OF GeneralName: every DNS name, then every
- * address, in the order given (written last to first).
+ * address, then every URI, in the order given (written last to first).
  */
 static int write_san(unsigned char **p, unsigned char *start,
     const struct x509gen_opts *o)
 {
 	int ret;
 	size_t len = 0;
+	for (size_t i = o->nuri; i-- > 0;)
+		MBEDTLS_ASN1_CHK_ADD(len, write_tlv(p, start, GN_URI,
+		    (const unsigned char *)o->uri[i], strlen(o->uri[i])));
 	if (o->ndns == 0 && o->nip == 0) {
 		MBEDTLS_ASN1_CHK_ADD(len, write_tlv(p, start, GN_DNS,
 		    (const unsigned char *)o->name, strlen(o->name)));

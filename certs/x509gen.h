@@ -26,11 +26,14 @@ struct x509gen_opts {
 	const char *name;	/* the subject is CN=name */
 	bool ca;		/* CA:TRUE pathlen 0, keyCertSign + cRLSign */
 	unsigned days;		/* valid from now-5min to now+days */
-	/* subjectAltName of a leaf; with none of either, DNS:name. */
+	/* subjectAltName of a leaf; with no dns and no ip, DNS:name. */
 	const char *const *dns;
 	size_t ndns;
 	const struct x509gen_ip *ip;
 	size_t nip;
+	/* uniformResourceIdentifier entries (SPIFFE IDs), after the above. */
+	const char *const *uri;
+	size_t nuri;
 	/*
 	 * The issuing CA (from x509gen_load_ca), or both NULL for a
 	 * self-signed certificate. Borrowed, not modified.
