@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "compat.h"	/* the mbedTLS configuration (MBEDTLS_THREADING_C) */
 #include "conn.h"
+#include "expiry.h"
 #include "log.h"
 #include "page.h"
 #include "plan.h"
@@ -33,6 +34,7 @@ struct daemon {
 	struct plan_ctx plan_ctx;	/* role, workers running, tunnel ids */
 	struct page *page;
 	struct status *status;
+	struct expiry *expiry;		/* the certificates' expiry warnings */
 	uv_signal_t sig_term, sig_int, sig_hup;
 	uv_timer_t drain_timer;
 	bool handles_open;
@@ -51,6 +53,8 @@ static void close_daemon_handles(struct daemon *d)
 	uv_close((uv_handle_t *)&d->drain_timer, NULL);
 	status_stop(d->status);
 	d->status = NULL;
+	expiry_stop(d->expiry);
+	d->expiry = NULL;
 }
 
 /*
@@ -193,6 +197,7 @@ static void reload(struct daemon *d)
 	d->cfg = cfg;
 	log_setup(cfg->log_level, cfg->log_json);
 	page_reloaded(d->page, true);
+	expiry_check(d->expiry);
 	return;
 
 fail_2:
@@ -244,6 +249,8 @@ static int start_handles(struct daemon *d)
 	d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
 	d->drain_timer.data = d;
 	d->handles_open = true;
+	if ((d->expiry = expiry_start(&d->loop, workers_running(d->workers))) == NULL)
+		return -1;
 	if (uv_signal_start(&d->sig_term, on_signal, SIGTERM) != 0 ||
 	    uv_signal_start(&d->sig_int, on_signal, SIGINT) != 0 ||
 	    uv_signal_start(&d->sig_hup, on_signal, SIGHUP) != 0)
@@ -320,6 +327,7 @@ static void start(struct daemon *d)
 	plan_log(p);
 	page_apply(d->page, p);
 	workers_apply(d->workers, p);	/* worker 0: the others start below */
+	expiry_check(d->expiry);
 	if (d->role == CFG_SERVER)
 		audit_warn(d->cfg);
 	if (start_status(d, d->cfg, err, sizeof err) != 0)
