@@ -494,11 +494,6 @@ void tls_ctx_dates(const struct tls_ctx *ctx, struct tls_dates *out)
 	out->crl_next_update = ctx->policy.crl_next_update;
 }
 
-size_t tls_ctx_npins(const struct tls_ctx *ctx)
-{
-	return ctx->npins;
-}
-
 int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
     uid_t run_as, struct tls_ctx **out, char *err, size_t errlen)
 {

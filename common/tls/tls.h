@@ -76,9 +76,6 @@ struct tls_dates {
 };
 void tls_ctx_dates(const struct tls_ctx *ctx, struct tls_dates *out);
 
-/* How many pins the context holds (inline and from pin files, unique). */
-size_t tls_ctx_npins(const struct tls_ctx *ctx);
-
 /* Free a context; NULL is a no-op. No session may still use it. */
 void tls_ctx_free(struct tls_ctx *ctx);
 
