@@ -105,7 +105,7 @@ clean:
 FUZZ_CC      ?= clang
 FUZZ_BUILD   := build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := config pin addr tls_server pool proxy
+FUZZ_TARGETS := config pin pinfile addr tls_server pool proxy
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                 -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter $(FUZZ_SAN)
@@ -191,6 +191,7 @@ uninstall:
 #                     one markdown table of medians. Not part of `make check`.
 #   env: BENCH_ROUNDS (3), BENCH_BULK_MIB (1024), BENCH_IDLE (2000),
 #        BENCH_CONTENDERS (comma list), BENCH_QUICK=1 (smoke run),
+#        BENCH_PINFILE=no (skip the 10,000-pin file's ratios, bench/pinfile.py),
 #        BENCH_JSON (file for the raw rows), BENCH_PERF=1 (perf of upseal bulk;
 #        BENCH_PERF_DATA=FILE keeps perf.data). Results: docs/PERFORMANCE.md
 BENCH_BIN := $(BUILD)/bench/load $(BUILD)/bench/backend $(BUILD)/bench/aead

@@ -10,7 +10,8 @@ front of the same backend, plus a direct row without a tunnel.
 `make bench` builds $(BUILD)/bench/{load,backend,aead} and runs this. Options
 also come from the environment: BENCH_ROUNDS, BENCH_BULK_MIB, BENCH_IDLE,
 BENCH_CONTENDERS, BENCH_QUICK=1, BENCH_JSON, BENCH_SCALING=yes|no,
-BENCH_UPSEAL_WORKERS (workers of the upseal rows, default 1), BENCH_PERF=1 (perf record of
+BENCH_UPSEAL_WORKERS (workers of the upseal rows, default 1), BENCH_PINFILE=yes|no
+(a 10,000-pin pin_file against one pin, bench/pinfile.py), BENCH_PERF=1 (perf record of
 both upseal sides in the last round's bulk test; BENCH_PERF_DATA=FILE keeps
 the perf.data).
 
@@ -814,6 +815,15 @@ def main():
                        "cpu_of": cpu_of, "children_of": children_of}
             scaling, serr = scaling_mod.run(cfg, ids, tmp, be_port, helpers, log)
             errors.extend(serr)
+        pinres = None
+        if (env("BENCH_PINFILE") or ("no" if q else "yes")) == "yes":
+            import pinfile
+            try:
+                pinres = pinfile.run(cfg.build, os.path.join(cfg.build, "bench"),
+                                     be_port, tmp, cfg.rounds, cfg.rate_s)
+            except Exception as e:   # reported like a failed contender
+                errors.append("pinfile: %s" % e)
+                log("pinfile FAILED: %s" % e)
         elapsed = time.monotonic() - t0
         m1 = machine()
 
@@ -839,6 +849,14 @@ def main():
                   "medians over the rounds:")
             print()
             print(scaling_mod.table(scaling))
+            print()
+        if pinres is not None:
+            import pinfile
+            print("A %d-pin `pin_file` against a one-pin file, upseal-server "
+                  "with workers = 1, full handshakes (bench/pinfile.py):"
+                  % pinfile.NPINS)
+            print()
+            print(pinfile.table(pinres))
             print()
         d = results.get("direct")
         if d:

@@ -14,6 +14,13 @@
 
 #include <mbedtls/platform_util.h>
 
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "crlgen.h"
+#include "names.h"
+#include "compat.h"
 #include "outfile.h"
 #include "pin.h"
 #include "rng.h"
@@ -27,8 +34,9 @@
 
 static const char usage_text[] =
 "usage: upseal-certs new NAME [--dir DIR] [--days N] [--dns HOST]... [--ip ADDR]...\n"
-"                             [--ca DIR/CANAME] [--force]\n"
+"                             [--uri URI]... [--ca DIR/CANAME] [--force]\n"
 "       upseal-certs ca NAME [--dir DIR] [--days N] [--force]\n"
+"       upseal-certs revoke --ca DIR/CANAME [--days N] [CERT]...\n"
 "       upseal-certs pin FILE\n"
 "       upseal-certs --help | --version\n"
 "\n"
@@ -38,25 +46,34 @@ static const char usage_text[] =
 "             DIR/NAME.crt (CN=NAME, for TLS server and client use),\n"
 "             self-signed, or signed by the CA given with --ca\n"
 "  ca NAME    a CA: key DIR/NAME.key and self-signed CA certificate DIR/NAME.crt\n"
+"  revoke     add each CERT (a certificate the CA issued) to the CA's CRL,\n"
+"             DIR/CANAME.crl, created or extended, signed with the CA's key,\n"
+"             valid --days (default 30); with no CERT, sign it again with\n"
+"             new dates (do that before nextUpdate)\n"
 "  pin FILE   the pin of a certificate (the first of a chain), private key or\n"
 "             public key, PEM or DER\n"
 "\n"
 "  --dir DIR        where to write (default .; made with mode 0700 if missing)\n"
-"  --days N         validity, 1..36500 days (default 825 for new, 3650 for ca)\n"
+"  --days N         validity, 1..36500 days (default 825 for new, 3650 for ca,\n"
+"                   30 for revoke: the CRL's nextUpdate)\n"
 "  --dns HOST       a DNS name for subjectAltName (repeatable)\n"
 "  --ip ADDR        an IPv4 or IPv6 address for subjectAltName (repeatable);\n"
 "                   with neither --dns nor --ip, subjectAltName is DNS:NAME\n"
-"  --ca DIR/CANAME  sign with DIR/CANAME.key and DIR/CANAME.crt\n"
+"  --uri URI        a URI for subjectAltName, such as a SPIFFE ID\n"
+"                   spiffe://trust-domain/path (repeatable)\n"
+"  --ca DIR/CANAME  sign with DIR/CANAME.key and DIR/CANAME.crt; a directory\n"
+"                   DIR alone names the one CA in it\n"
 "  --force          replace an existing DIR/NAME.key and DIR/NAME.crt\n"
 "  -h, --help       this text\n"
 "  --version        the version\n"
 "\n"
 "NAME is letters, digits, '.', '_' and '-', not starting with '.'.\n"
-"new, ca and pin print the pin (sha256//BASE64) alone on standard output;\n"
+"new, ca and pin print the pin (sha256//BASE64) alone on standard output\n"
+"(revoke prints the CRL's path);\n"
 "everything else goes to standard error. Exit status: 0 done, 1 failed,\n"
 "2 bad usage.\n";
 
-enum cmd { CMD_NEW, CMD_CA, CMD_PIN };
+enum cmd { CMD_NEW, CMD_CA, CMD_PIN, CMD_REVOKE };
 
 struct args {
 	enum cmd cmd;
@@ -68,8 +85,13 @@ struct args {
 	size_t ndns;
 	struct x509gen_ip ip[SAN_MAX];
 	size_t nip;
+	const char *uri[SAN_MAX];
+	size_t nuri;
 	const char *ca;
 	bool force;
+	const char *certs[SAN_MAX];	/* revoke's CERTs */
+	size_t ncerts;
+	char ca_buf[PATH_MAX];		/* --ca DIR resolved */
 };
 
 /* Parsing ends: go on, or exit with this status. */
@@ -147,7 +169,7 @@ static bool days_parse(const char *s, unsigned *out)
 	return true;
 }
 
-static const char *const cmd_names[] = { "new", "ca", "pin" };
+static const char *const cmd_names[] = { "new", "ca", "pin", "revoke" };
 
 /* Read an option with a value: "--opt VALUE" or "--opt=VALUE". */
 static int option_value(int argc, char **argv, int *i, const char *opt,
@@ -181,19 +203,21 @@ static int parse_option(int argc, char **argv, int *i, struct args *a)
 	int rc;
 
 	if (strcmp(arg, "--force") == 0) {
-		if (a->cmd == CMD_PIN)
+		if (a->cmd == CMD_PIN || a->cmd == CMD_REVOKE)
 			return usage_error("'pin' takes no --force");
 		a->force = true;
 		return ARGS_OK;
 	}
 	if (is_opt(arg, "--dir") || is_opt(arg, "--days") || is_opt(arg, "--ca") ||
-	    is_opt(arg, "--dns") || is_opt(arg, "--ip")) {
+	    is_opt(arg, "--dns") || is_opt(arg, "--ip") || is_opt(arg, "--uri")) {
 		size_t n = strcspn(arg, "=");
 		char opt[8];
 		snprintf(opt, sizeof opt, "%.*s", (int)n, arg);
 		if (a->cmd == CMD_PIN || (a->cmd == CMD_CA &&
 		    (strcmp(opt, "--dns") == 0 || strcmp(opt, "--ip") == 0 ||
-		    strcmp(opt, "--ca") == 0)))
+		    strcmp(opt, "--uri") == 0 || strcmp(opt, "--ca") == 0)) ||
+		    (a->cmd == CMD_REVOKE && strcmp(opt, "--ca") != 0 &&
+		    strcmp(opt, "--days") != 0))
 			return usage_error("'%s' takes no %s", cmd, opt);
 		if ((rc = option_value(argc, argv, i, opt, &v)) != ARGS_OK)
 			return rc;
@@ -219,6 +243,19 @@ static int parse_option(int argc, char **argv, int *i, struct args *a)
 				return usage_error("--dns %s: expected a host name "
 				    "such as backend.internal or *.example.com", v);
 			a->dns[a->ndns++] = v;
+		} else if (strcmp(opt, "--uri") == 0) {
+			struct name_rule r;
+			char why[400];
+			if (a->nuri == SAN_MAX)
+				return usage_error("more than %d --uri", SAN_MAX);
+			if (strchr(v, '*') != NULL)
+				return usage_error("--uri %s: a certificate's URI "
+				    "has no wildcard; expected a URI such as "
+				    "spiffe://trust-domain/path", v);
+			if (name_rule_parse(NAME_URI, v, &r, why, sizeof why) != 0)
+				return usage_error("--uri %s", why);
+			free(r.text);
+			a->uri[a->nuri++] = v;
 		} else {
 			if (a->nip == SAN_MAX)
 				return usage_error("more than %d --ip", SAN_MAX);
@@ -254,8 +291,11 @@ static int parse_args(int argc, char **argv, struct args *a)
 		a->cmd = CMD_CA;
 	else if (strcmp(c, "pin") == 0)
 		a->cmd = CMD_PIN;
+	else if (strcmp(c, "revoke") == 0)
+		a->cmd = CMD_REVOKE;
 	else
-		return usage_error("unknown command '%s'; expected new, ca or pin", c);
+		return usage_error("unknown command '%s'; expected new, ca, "
+		    "revoke or pin", c);
 
 	bool options_done = false;
 	for (int i = 2; i < argc; i++) {
@@ -275,9 +315,22 @@ static int parse_args(int argc, char **argv, struct args *a)
 				return rc;
 			continue;
 		}
+		if (a->cmd == CMD_REVOKE) {
+			if (a->ncerts == SAN_MAX)
+				return usage_error("more than %d CERT", SAN_MAX);
+			a->certs[a->ncerts++] = arg;
+			continue;
+		}
 		if (a->name != NULL)
 			return usage_error("unexpected argument '%s'", arg);
 		a->name = arg;
+	}
+	if (a->cmd == CMD_REVOKE) {
+		if (a->ca == NULL)
+			return usage_error("'revoke' needs --ca DIR/CANAME");
+		if (a->days == 0)
+			a->days = CRLGEN_DAYS_DEFAULT;
+		return ARGS_OK;
 	}
 	if (a->name == NULL)
 		return usage_error("'%s' needs a %s", c,
@@ -307,6 +360,91 @@ static int print_pin(const struct pin *p)
 	if (printf("%s\n", text) < 0 || fflush(stdout) != 0)
 		return fail("cannot write to standard output");
 	return 0;
+}
+
+/*
+ * --ca DIR: the one CA in DIR (NAME.crt, a CA certificate, with NAME.key
+ * beside it), as DIR/NAME in a->ca_buf; --ca DIR/CANAME is kept as is.
+ */
+static int resolve_ca(struct args *a, char *err, size_t errlen)
+{
+	struct stat st;
+	if (a->ca == NULL || stat(a->ca, &st) != 0 || !S_ISDIR(st.st_mode))
+		return 0;
+	DIR *d = opendir(a->ca);
+	if (d == NULL) {
+		snprintf(err, errlen, "--ca %s: %s", a->ca, strerror(errno));
+		return -1;
+	}
+	int found = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		size_t n = strlen(de->d_name);
+		char base[PATH_MAX], key[PATH_MAX + 8];
+		if (n < 5 || strcmp(de->d_name + n - 4, ".crt") != 0 ||
+		    snprintf(base, sizeof base, "%s/%.*s", a->ca, (int)(n - 4),
+		    de->d_name) >= (int)sizeof base)
+			continue;
+		snprintf(key, sizeof key, "%s.key", base);
+		if (access(key, F_OK) != 0)
+			continue;
+		mbedtls_x509_crt c;
+		mbedtls_x509_crt_init(&c);
+		char crt[PATH_MAX + 8];
+		snprintf(crt, sizeof crt, "%s.crt", base);
+		if (mbedtls_x509_crt_parse_file(&c, crt) == 0 &&
+		    compat_crt_is_ca(&c)) {
+			found++;
+			snprintf(a->ca_buf, sizeof a->ca_buf, "%s", base);
+		}
+		mbedtls_x509_crt_free(&c);
+	}
+	closedir(d);
+	if (found != 1) {
+		snprintf(err, errlen, "--ca %s: %s; name it as --ca DIR/CANAME",
+		    a->ca, found ? "more than one CA in the directory" :
+		    "no CA (CANAME.crt with CANAME.key) in the directory");
+		return -1;
+	}
+	a->ca = a->ca_buf;
+	return 0;
+}
+
+static int cmd_revoke(const struct args *a)
+{
+	char err[ERR_MAX], crl_path[PATH_MAX];
+	mbedtls_x509_crt ca_crt;
+	mbedtls_pk_context ca_key;
+	int status = 1;
+	mbedtls_x509_crt_init(&ca_crt);
+	mbedtls_pk_init(&ca_key);
+	if (x509gen_ca_path(a->ca, ".crl", crl_path, sizeof crl_path) != 0) {
+		fail("--ca: path too long");
+		goto out;
+	}
+	if (rng_init() != 0) {
+		fail("cannot seed the random generator");
+		goto out;
+	}
+	if (x509gen_load_ca(a->ca, &ca_crt, &ca_key, err, sizeof err) != 0) {
+		fail(err);
+		goto out;
+	}
+	struct crlgen_result r;
+	if (crlgen_revoke(crl_path, &ca_crt, &ca_key, a->certs, a->ncerts,
+	    a->days, &r, err, sizeof err) != 0) {
+		fail(err);
+		goto out;
+	}
+	fprintf(stderr, "wrote %s: %zu revoked (%zu new%s), next update in "
+	    "%u days\n", crl_path, r.entries, r.added, r.already ?
+	    ", some listed already" : "", a->days);
+	status = printf("%s\n", crl_path) < 0 || fflush(stdout) != 0 ?
+	    fail("cannot write to standard output") : 0;
+out:
+	mbedtls_pk_free(&ca_key);
+	mbedtls_x509_crt_free(&ca_crt);
+	return status;
 }
 
 static int cmd_pin(const struct args *a)
@@ -409,6 +547,8 @@ static int cmd_make(const struct args *a)
 		.ndns = a->ndns,
 		.ip = a->ip,
 		.nip = a->nip,
+		.uri = a->uri,
+		.nuri = a->nuri,
 		.issuer_crt = a->ca ? &ca_crt : NULL,
 		.issuer_key = a->ca ? &ca_key : NULL,
 	};
@@ -456,5 +596,10 @@ int main(int argc, char **argv)
 		return rc;
 	if (a.cmd == CMD_PIN)
 		return cmd_pin(&a);
+	char err[ERR_MAX];
+	if (resolve_ca(&a, err, sizeof err) != 0)
+		return fail(err);
+	if (a.cmd == CMD_REVOKE)
+		return cmd_revoke(&a);
 	return cmd_make(&a);
 }

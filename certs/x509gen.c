@@ -28,6 +28,8 @@
 /* Tag of a GeneralName: [2] dNSName, [7] iPAddress (IMPLICIT, primitive). */
 #define GN_DNS (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 2)
 #define GN_IP (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7)
+/* [6] uniformResourceIdentifier (IMPLICIT IA5String). */
+#define GN_URI (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 6)
 /* AuthorityKeyIdentifier's [0] keyIdentifier (IMPLICIT, primitive). */
 #define AKI_KEYID (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 0)
 
@@ -55,7 +57,7 @@ int x509gen_key(mbedtls_pk_context *key, char *err, size_t errlen)
  * text NUL-terminated). Written here rather than with mbedtls_pem_write_
  * buffer so that no copy of a private key is left unwiped on the heap.
  */
-static int pem_encode(const char *label, const unsigned char *der,
+int x509gen_pem(const char *label, const unsigned char *der,
     size_t derlen, unsigned char **out, size_t *outlen, size_t *outsize)
 {
 	size_t b64 = 4 * ((derlen + 2) / 3);
@@ -99,7 +101,7 @@ int x509gen_key_pem(mbedtls_pk_context *key, unsigned char **pem,
 		mbedtls_platform_zeroize(der, sizeof der);
 		return -1;
 	}
-	int rc = pem_encode("EC PRIVATE KEY", der + sizeof der - (size_t)n,
+	int rc = x509gen_pem("EC PRIVATE KEY", der + sizeof der - (size_t)n,
 	    (size_t)n, pem, len, size);
 	mbedtls_platform_zeroize(der, sizeof der);
 	if (rc != 0) {
@@ -137,18 +139,23 @@ static size_t san_size(const struct x509gen_opts *o)
 	size_t size = 16 + strlen(o->name) + 8;
 	for (size_t i = 0; i < o->ndns; i++)
 		size += strlen(o->dns[i]) + 8;
+	for (size_t i = 0; i < o->nuri; i++)
+		size += strlen(o->uri[i]) + 8;
 	return size + o->nip * 24;
 }
 
 /*
  * GeneralNames ::= SEQUENCE OF GeneralName: every DNS name, then every
- * address, in the order given (written last to first).
+ * address, then every URI, in the order given (written last to first).
  */
 static int write_san(unsigned char **p, unsigned char *start,
     const struct x509gen_opts *o)
 {
 	int ret;
 	size_t len = 0;
+	for (size_t i = o->nuri; i-- > 0;)
+		MBEDTLS_ASN1_CHK_ADD(len, write_tlv(p, start, GN_URI,
+		    (const unsigned char *)o->uri[i], strlen(o->uri[i])));
 	if (o->ndns == 0 && o->nip == 0) {
 		MBEDTLS_ASN1_CHK_ADD(len, write_tlv(p, start, GN_DNS,
 		    (const unsigned char *)o->name, strlen(o->name)));
@@ -180,7 +187,7 @@ static int write_eku(unsigned char **p, unsigned char *start)
  * The keyIdentifier of crt's subjectKeyIdentifier extension, or NULL. Read
  * from the raw extensions because mbedTLS 2.28 does not parse it.
  */
-static unsigned char *find_ski(const mbedtls_x509_crt *crt, size_t *idlen)
+unsigned char *x509gen_find_ski(const mbedtls_x509_crt *crt, size_t *idlen)
 {
 	unsigned char *p = crt->v3_ext.p;
 	if (p == NULL || crt->v3_ext.len == 0)
@@ -354,7 +361,7 @@ static int build(mbedtls_x509write_cert *w, const struct x509gen_opts *o,
 	/* AuthorityKeyIdentifier: the CA's own key id, or ours on a CA. */
 	if (ca != NULL) {
 		size_t idlen = 0;
-		const unsigned char *id = find_ski(ca, &idlen);
+		const unsigned char *id = x509gen_find_ski(ca, &idlen);
 		if (id != NULL && idlen <= 64) {
 			unsigned char aki[80];
 			unsigned char *p = aki + sizeof aki;
@@ -471,7 +478,7 @@ int x509gen_crt_pem(const struct x509gen_opts *o, mbedtls_pk_context *key,
 	if (self_check(o, key, start, (size_t)n, err, errlen) != 0)
 		goto out;
 	size_t pem_size;
-	if (pem_encode("CERTIFICATE", start, (size_t)n, pem, len, &pem_size) != 0) {
+	if (x509gen_pem("CERTIFICATE", start, (size_t)n, pem, len, &pem_size) != 0) {
 		snprintf(err, errlen, "out of memory");
 		goto out;
 	}
@@ -490,7 +497,7 @@ out:
 }
 
 /* base without a trailing ".crt" or ".key", plus ext, into out. */
-static int ca_path(const char *base, const char *ext, char *out, size_t size)
+int x509gen_ca_path(const char *base, const char *ext, char *out, size_t size)
 {
 	size_t n = strlen(base);
 	if (n > 4 && (strcmp(base + n - 4, ".crt") == 0 ||
@@ -506,8 +513,8 @@ int x509gen_load_ca(const char *base, mbedtls_x509_crt *crt,
 	char crt_path[4096], key_path[4096];
 	int rc;
 
-	if (ca_path(base, ".crt", crt_path, sizeof crt_path) != 0 ||
-	    ca_path(base, ".key", key_path, sizeof key_path) != 0) {
+	if (x509gen_ca_path(base, ".crt", crt_path, sizeof crt_path) != 0 ||
+	    x509gen_ca_path(base, ".key", key_path, sizeof key_path) != 0) {
 		snprintf(err, errlen, "--ca: path too long");
 		return -1;
 	}

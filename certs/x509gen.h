@@ -26,11 +26,14 @@ struct x509gen_opts {
 	const char *name;	/* the subject is CN=name */
 	bool ca;		/* CA:TRUE pathlen 0, keyCertSign + cRLSign */
 	unsigned days;		/* valid from now-5min to now+days */
-	/* subjectAltName of a leaf; with none of either, DNS:name. */
+	/* subjectAltName of a leaf; with no dns and no ip, DNS:name. */
 	const char *const *dns;
 	size_t ndns;
 	const struct x509gen_ip *ip;
 	size_t nip;
+	/* uniformResourceIdentifier entries (SPIFFE IDs), after the above. */
+	const char *const *uri;
+	size_t nuri;
 	/*
 	 * The issuing CA (from x509gen_load_ca), or both NULL for a
 	 * self-signed certificate. Borrowed, not modified.
@@ -69,5 +72,22 @@ int x509gen_crt_pem(const struct x509gen_opts *o, mbedtls_pk_context *key,
  */
 int x509gen_load_ca(const char *base, mbedtls_x509_crt *crt,
     mbedtls_pk_context *key, char *err, size_t errlen);
+
+/*
+ * The keyIdentifier of crt's subjectKeyIdentifier extension (a pointer
+ * into crt, *idlen bytes), or NULL. Read from the raw extensions because
+ * mbedTLS 2.28 does not parse it.
+ */
+unsigned char *x509gen_find_ski(const mbedtls_x509_crt *crt, size_t *idlen);
+
+/* base without a trailing ".crt" or ".key", then ext, into out; 0 or -1. */
+int x509gen_ca_path(const char *base, const char *ext, char *out, size_t size);
+
+/*
+ * PEM-encode der under label into a new buffer (*out, *outsize bytes of
+ * which *outlen are text and a NUL follows); 0 or -1 (out of memory).
+ */
+int x509gen_pem(const char *label, const unsigned char *der, size_t derlen,
+    unsigned char **out, size_t *outlen, size_t *outsize);
 
 #endif

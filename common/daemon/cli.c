@@ -7,6 +7,7 @@
 
 #include "audit.h"
 #include "daemon.h"	/* UPSEAL_VERSION */
+#include "expiry.h"
 #include "tunnel.h"
 
 static void usage(FILE *f, const char *prog, enum cfg_role role)
@@ -80,6 +81,7 @@ int cli_check(const struct cli *c, struct cfg *cfg, enum cfg_role role)
 			fprintf(stderr, "%s: %s: %s\n", c->prog, cfg->path, err);
 			return 1;
 		}
+		expiry_print(stdout, cfg->tunnels[i].name, tc->tls);
 		tunnel_conf_release(tc);
 	}
 	printf("%s: ok, %zu tunnel(s)\n", c->path, cfg->ntunnels);

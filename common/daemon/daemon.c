@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "compat.h"	/* the mbedTLS configuration (MBEDTLS_THREADING_C) */
 #include "conn.h"
+#include "expiry.h"
 #include "log.h"
 #include "page.h"
 #include "plan.h"
@@ -35,6 +36,7 @@ struct daemon {
 	struct plan_ctx plan_ctx;	/* role, workers running, tunnel ids */
 	struct page *page;
 	struct status *status;
+	struct expiry *expiry;		/* the certificates' expiry warnings */
 	uv_signal_t sig_term, sig_int, sig_hup;
 	uv_timer_t drain_timer;
 	struct watch *watch;		/* file events and reload_interval */
@@ -58,6 +60,8 @@ static void close_daemon_handles(struct daemon *d)
 	d->watch = NULL;
 	status_stop(d->status);
 	d->status = NULL;
+	expiry_stop(d->expiry);
+	d->expiry = NULL;
 }
 
 /*
@@ -291,6 +295,7 @@ static void reload(struct daemon *d, const struct trigger *tr)
 	if (d->watch != NULL)
 		watch_enable(d->watch, cfg->watch, cfg->reload_interval_ms);
 	page_reloaded(d->page, true);
+	expiry_check(d->expiry);
 	return;
 
 fail_2:
@@ -358,6 +363,8 @@ static int start_handles(struct daemon *d)
 	d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
 	d->drain_timer.data = d;
 	d->handles_open = true;
+	if ((d->expiry = expiry_start(&d->loop, workers_running(d->workers))) == NULL)
+		return -1;
 	if (uv_signal_start(&d->sig_term, on_signal, SIGTERM) != 0 ||
 	    uv_signal_start(&d->sig_int, on_signal, SIGINT) != 0 ||
 	    uv_signal_start(&d->sig_hup, on_signal, SIGHUP) != 0)
@@ -441,6 +448,7 @@ static void start(struct daemon *d)
 	plan_log(p);
 	page_apply(d->page, p);
 	workers_apply(d->workers, p);	/* worker 0: the others start below */
+	expiry_check(d->expiry);
 	if (d->role == CFG_SERVER)
 		audit_warn(d->cfg);
 	if (start_status(d, d->cfg, err, sizeof err) != 0)

@@ -134,10 +134,16 @@ static int render_metrics(struct page *pg, struct sbuf *body)
 		if (counted(mt, k, sr->stats))
 			continue;
 		struct tunnel *t = tset_find(pg->running, sr->tid);
+		struct tls_dates d = { 0 };
+		if (sr->current && t != NULL)
+			tls_ctx_dates(tunnel_tls(t), &d);
 		mt[k++] = (struct metrics_tunnel){ .name = sr->name,
 			.stats = sr->stats, .open = atomic_load(&sr->stats->open),
 			.listening = sr->current && t != NULL &&
-			tunnel_is_listening(t) };
+			tunnel_is_listening(t),
+			.cert_not_after = d.cert_not_after,
+			.ca_not_after = d.ca_not_after,
+			.crl_next_update = d.crl_next_update };
 	}
 	struct metrics_process p = {
 		.role = pg->role == CFG_CLIENT ? "client" : "server",

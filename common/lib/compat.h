@@ -145,6 +145,23 @@ static inline bool compat_crt_is_ca(const mbedtls_x509_crt *crt)
 #endif
 }
 
+/* Sign hash with pk (a signature of at most sig_size bytes into sig). */
+static inline int compat_pk_sign(mbedtls_pk_context *pk, mbedtls_md_type_t md,
+    const unsigned char *hash, size_t hash_len, unsigned char *sig,
+    size_t sig_size, size_t *sig_len,
+    int (*f_rng)(void *, unsigned char *, size_t), void *p_rng)
+{
+#if UPSEAL_MBEDTLS3
+	return mbedtls_pk_sign(pk, md, hash, hash_len, sig, sig_size, sig_len,
+	    f_rng, p_rng);
+#else
+	if (sig_size < MBEDTLS_PK_SIGNATURE_MAX_SIZE)
+		return MBEDTLS_ERR_PK_BAD_INPUT_DATA;
+	return mbedtls_pk_sign(pk, md, hash, hash_len, sig, sig_len, f_rng,
+	    p_rng);
+#endif
+}
+
 #if defined(MBEDTLS_X509_CRT_WRITE_C)
 /* Set a new certificate's serial from big-endian bytes (at most 20). */
 static inline int compat_x509write_crt_set_serial(mbedtls_x509write_cert *ctx,

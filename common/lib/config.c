@@ -55,6 +55,7 @@ static const struct cfg_tunnel tunnel_defaults = {
 	.pool_idle_ms = 60 * 1000,
 	.proxy_header_timeout_ms = 5 * 1000,
 	.trust_client_address = true,
+	.expiry_warning_ms = 14ULL * 24 * 3600 * 1000,
 };
 
 /*
@@ -114,9 +115,31 @@ static void check_required(struct parser *p, const struct cfg_tunnel *t)
 			    "missing required key \"%s\"; expected %s = %s",
 			    k->name, k->name, k->form);
 	}
-	if (t->npins == 0 && t->ca == NULL)
+	if (t->npins == 0 && t->npin_files == 0 && t->ca == NULL)
 		fail(p, t->line, t->name, NULL, "no pin and no ca: set pin = "
-		    "sha256//... (see upseal-certs pin) or ca = FILE");
+		    "sha256//... (see upseal-certs pin), pin_file = FILE or "
+		    "ca = FILE");
+}
+
+/* Name rules and CRLs judge certificates a CA signed: they need the CA. */
+static void check_ca_only(struct parser *p, const struct cfg_tunnel *t)
+{
+	static const int ca_only[] = { K_ALLOW_DNS, K_ALLOW_URI, K_ALLOW_CN,
+		K_CRL };
+
+	if (t->ca != NULL)
+		return;
+	for (size_t i = 0; i < ARRAY_LEN(ca_only); i++) {
+		int k = ca_only[i];
+		if (p->seen[k] == 0)
+			continue;
+		fail(p, p->seen[k], t->name, cfg_tunnel_keys[k].name,
+		    "needs ca = FILE: %s", k == K_CRL ? "a CRL revokes "
+		    "certificates of a CA" : "without a CA, the names in a "
+		    "certificate are whatever its holder wrote; expected "
+		    "ca = FILE in this section, or pins instead of names");
+		return;
+	}
 }
 
 /* The plaintext end (client: listen, server: connect) stays on this host. */
@@ -235,6 +258,7 @@ static void finish_section(struct parser *p)
 	check_required(p, t);
 	if (p->failed)
 		return;
+	check_ca_only(p, t);
 	check_local(p, t);
 	check_handshakes(p, t);
 	check_proxy(p, t);
@@ -502,6 +526,13 @@ void cfg_free(struct cfg *c)
 		free(t->server_name);
 		free(t->ticket_key_file);
 		free(t->pins);
+		for (size_t j = 0; j < t->npin_files; j++)
+			free(t->pin_files[j]);
+		free(t->pin_files);
+		for (size_t j = 0; j < t->ncrl_files; j++)
+			free(t->crl_files[j]);
+		free(t->crl_files);
+		name_rules_free(t->allow, t->nallow);
 	}
 	free(c->tunnels);
 	free(c->path);
@@ -521,6 +552,10 @@ void cfg_files(const struct cfg *c, void (*fn)(const char *path, void *arg),
 		for (size_t j = 0; j < ARRAY_LEN(named); j++)
 			if (named[j] != NULL)
 				fn(named[j], arg);
+		for (size_t j = 0; j < t->npin_files; j++)
+			fn(t->pin_files[j], arg);
+		for (size_t j = 0; j < t->ncrl_files; j++)
+			fn(t->crl_files[j], arg);
 	}
 }
 

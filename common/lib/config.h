@@ -13,6 +13,7 @@
 
 #include "addr.h"
 #include "log.h"
+#include "names.h"
 #include "pin.h"
 
 enum cfg_role { CFG_CLIENT, CFG_SERVER };
@@ -50,6 +51,17 @@ struct cfg_tunnel {
 	char *server_name;		/* client role: NULL if not set */
 	struct pin *pins;		/* npins entries (heap) */
 	size_t npins;
+	/* pin_file = PATH, repeatable: paths as written (heap); read by tls. */
+	char **pin_files;
+	size_t npin_files;
+	/* allow_dns, allow_uri, allow_cn (ca only), in the order written. */
+	struct name_rule *allow;
+	size_t nallow;
+	/* crl = FILE, repeatable (ca only): paths as written (heap). */
+	char **crl_files;
+	size_t ncrl_files;
+	/* Warn while the own certificate expires within this; 0: never. */
+	uint64_t expiry_warning_ms;	/* default 14 days */
 	uint64_t connect_timeout_ms;	/* default 5s */
 	uint64_t handshake_timeout_ms;	/* default 10s */
 	uint64_t idle_timeout_ms;	/* default 5m; 0 = never */
@@ -114,7 +126,8 @@ void cfg_release(struct cfg *c);
 /*
  * Call fn(path, arg) for every file c names, in a stable order: the
  * config file itself first, then, for each tunnel in file order, its cert,
- * key, ca and ticket_key_file (those set). A path may come more than once.
+ * key, ca and ticket_key_file (those set), its pin files and its CRLs. A
+ * path may come more than once.
  * The paths are c's: valid while c is. Every key that names a file is
  * listed here, and only here, so that what a reload reads and what the
  * daemon watches stay the same set.

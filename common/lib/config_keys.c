@@ -11,6 +11,7 @@
 #define PINS_MAX 16
 #define ARRAY_LEN(a) (sizeof (a) / sizeof (a)[0])
 #define HOUR_MS (3600ULL * 1000)
+#define DAY_MS (24 * HOUR_MS)
 #define DURATION_FORM "a duration such as 500ms, 10s, 5m"
 
 
@@ -19,7 +20,7 @@ static const char *duration_why(const char *text, uint64_t *ms)
 {
 	static const struct { const char *name; uint64_t ms; } units[] = {
 		{ "ms", 1 }, { "s", 1000 }, { "m", 60 * 1000 },
-		{ "h", HOUR_MS },
+		{ "h", HOUR_MS }, { "d", DAY_MS },
 	};
 	unsigned long long n;
 	char *unit;
@@ -46,7 +47,7 @@ static const char *duration_why(const char *text, uint64_t *ms)
 		*ms = n * units[i].ms;
 		return NULL;
 	}
-	return "has an unknown unit (ms, s, m or h)";
+	return "has an unknown unit (ms, s, m, h or d)";
 }
 
 int cfg_parse_duration(const char *text, uint64_t *ms)
@@ -110,6 +111,56 @@ static int set_pin(const struct cfg_key *k, void *field, const char *v,
 	return 0;
 }
 
+/* Append a copy of v to a list of paths (the field is the list's head). */
+static int add_path(char ***list, size_t *n, const char *v, char *why)
+{
+	char **more = realloc(*list, (*n + 1) * sizeof *more);
+	if (more == NULL)
+		return whyf(why, "out of memory");
+	*list = more;
+	if ((more[*n] = strdup(v)) == NULL)
+		return whyf(why, "out of memory");
+	(*n)++;
+	return 0;
+}
+
+/* The field is the tunnel itself: pin_files and npin_files go together. */
+static int set_pin_file(const struct cfg_key *k, void *field, const char *v,
+    char *why)
+{
+	struct cfg_tunnel *t = field;
+
+	(void)k;
+	return add_path(&t->pin_files, &t->npin_files, v, why);
+}
+
+static int set_crl(const struct cfg_key *k, void *field, const char *v,
+    char *why)
+{
+	struct cfg_tunnel *t = field;
+
+	(void)k;
+	return add_path(&t->crl_files, &t->ncrl_files, v, why);
+}
+
+/* allow_dns, allow_uri, allow_cn: k->kind says which (names.h). */
+static int set_allow(const struct cfg_key *k, void *field, const char *v,
+    char *why)
+{
+	struct cfg_tunnel *t = field;
+	struct name_rule *more = realloc(t->allow, (t->nallow + 1) *
+	    sizeof *more);
+
+	if (more == NULL)
+		return whyf(why, "out of memory");
+	t->allow = more;
+	if (name_rule_parse((enum name_kind)k->kind, v, &more[t->nallow], why,
+	    CFG_WHY_MAX) != 0)
+		return -1;
+	t->nallow++;
+	return 0;
+}
+
 static int set_server_name(const struct cfg_key *k, void *field, const char *v,
     char *why)
 {
@@ -134,9 +185,14 @@ static int set_duration(const struct cfg_key *k, void *field, const char *v,
 	if (wrong != NULL)
 		return whyf(why, "\"%s\" %s; expected " DURATION_FORM, v,
 		    wrong);
-	if (ms < k->min || ms > k->max)
+	if (ms < k->min || ms > k->max) {
+		char top[32] = "1h";
+		if (k->max != HOUR_MS && k->max % DAY_MS == 0)
+			snprintf(top, sizeof top, "%llud",
+			    (unsigned long long)(k->max / DAY_MS));
 		return whyf(why, "\"%s\" is out of range; expected a duration "
-		    "from %s to 1h", v, k->min == 0 ? "0" : "1ms");
+		    "from %s to %s", v, k->min == 0 ? "0" : "1ms", top);
+	}
 	*(uint64_t *)field = ms;
 	return 0;
 }
@@ -301,6 +357,20 @@ const struct cfg_key cfg_tunnel_keys[K_TUNNEL_KEYS] = {
 	    .max = HOUR_MS, .client_only = true),
 	[K_TRUST_CLIENT_ADDRESS] = KEY("trust_client_address", set_bool,
 	    T(trust_client_address), "yes or no", .server_only = true),
+	[K_PIN_FILE] = KEY("pin_file", set_pin_file, 0, "FILE",
+	    .repeat = true),
+	[K_ALLOW_DNS] = KEY("allow_dns", set_allow, 0,
+	    "a DNS name, or *.DOMAIN for one leftmost label", .repeat = true,
+	    .kind = NAME_DNS),
+	[K_ALLOW_URI] = KEY("allow_uri", set_allow, 0,
+	    "a URI such as spiffe://trust-domain/path, or one ending in /*",
+	    .repeat = true, .kind = NAME_URI),
+	[K_ALLOW_CN] = KEY("allow_cn", set_allow, 0, "a commonName",
+	    .repeat = true, .kind = NAME_CN),
+	[K_CRL] = KEY("crl", set_crl, 0, "FILE", .repeat = true),
+	[K_EXPIRY_WARNING] = KEY("expiry_warning", set_duration,
+	    T(expiry_warning_ms), "a duration such as 14d or 72h",
+	    .min = 0, .max = 3650 * DAY_MS),
 };
 
 /* The field is the cfg itself: status and has_status go together. */

@@ -21,7 +21,9 @@ enum { K_LISTEN, K_CONNECT, K_CERT, K_KEY, K_CA, K_PIN, K_SERVER_NAME,
     K_CONNECT_TIMEOUT, K_HANDSHAKE_TIMEOUT, K_IDLE_TIMEOUT,
     K_MAX_CONNECTIONS, K_ALLOW_REMOTE, K_RESUMPTION, K_TICKET_KEY_FILE,
     K_CIPHERS, K_POOL, K_POOL_IDLE, K_MAX_HANDSHAKES, K_PROXY_PROTOCOL,
-    K_PROXY_HEADER_TIMEOUT, K_TRUST_CLIENT_ADDRESS, K_TUNNEL_KEYS };
+    K_PROXY_HEADER_TIMEOUT, K_TRUST_CLIENT_ADDRESS, K_PIN_FILE,
+    K_ALLOW_DNS, K_ALLOW_URI, K_ALLOW_CN, K_CRL, K_EXPIRY_WARNING,
+    K_TUNNEL_KEYS };
 
 /*
  * One key: its name, how its value is parsed into the field at off, and
@@ -36,6 +38,7 @@ struct cfg_key {
 	const char *form;
 	uint64_t min, max;	/* durations (ms) and counts */
 	bool repeat;		/* may appear more than once (pin) */
+	int kind;		/* allow_*: its enum name_kind */
 	bool client_only;	/* only in the client role (server_name) */
 	bool server_only;	/* only in the server role (ticket_key_file) */
 };

@@ -102,6 +102,40 @@ static void histogram(struct sbuf *b, const struct metrics_tunnel *t, size_t n)
 	}
 }
 
+/*
+ * The dates of each tunnel's own certificate, CA and CRLs, as gauges in
+ * seconds since the epoch (what `time()` compares with in an alert rule).
+ * A tunnel without a CA (or CRL) has no series of that name.
+ */
+static void dates(struct sbuf *b, const struct metrics_tunnel *t, size_t n)
+{
+	static const struct {
+		const char *name, *help;
+		size_t off;
+	} g[] = {
+		{ "upseal_cert_not_after_seconds", "The notAfter time of the "
+		    "tunnel's own certificate (cert), seconds since the epoch.",
+		    offsetof(struct metrics_tunnel, cert_not_after) },
+		{ "upseal_ca_not_after_seconds", "The earliest notAfter time "
+		    "among the certificates of the tunnel's ca file, seconds "
+		    "since the epoch.",
+		    offsetof(struct metrics_tunnel, ca_not_after) },
+		{ "upseal_crl_next_update_seconds", "The earliest nextUpdate "
+		    "time of the tunnel's CRLs, seconds since the epoch.",
+		    offsetof(struct metrics_tunnel, crl_next_update) },
+	};
+	for (size_t k = 0; k < sizeof g / sizeof g[0]; k++) {
+		header(b, g[k].name, "gauge", g[k].help);
+		for (size_t i = 0; i < n; i++) {
+			int64_t v = *(const int64_t *)((const char *)&t[i] +
+			    g[k].off);
+			if (v != 0)
+				sbuf_printf(b, "%s{tunnel=\"%s\"} %lld\n",
+				    g[k].name, t[i].name, (long long)v);
+		}
+	}
+}
+
 #define FIELD(f) offsetof(struct tunnel_stats, f)
 
 void metrics_render(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
@@ -154,6 +188,13 @@ void metrics_render(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
 	per_tunnel(b, t, n, "upseal_handshakes_shed_total", "counter", "Server: "
 	    "unfinished handshakes dropped at max_handshakes to let a new "
 	    "connection in.", FIELD(hs_shed));
+
+	per_tunnel(b, t, n, "upseal_peer_cert_expired_total", "counter",
+	    "CA mode: handshakes refused because the peer's certificate is "
+	    "expired or not yet valid (also in "
+	    "upseal_handshake_failures_total{reason=\"chain_invalid\"}).",
+	    FIELD(peer_out_of_dates));
+	dates(b, t, n);
 
 	per_tunnel(b, t, n, "upseal_pool_ready", "gauge", "Client: pooled "
 	    "connections handshaken and waiting for a client.",

@@ -42,6 +42,8 @@ struct tunnel_stats {
 	stat_counter connect_failures;	/* the next hop could not be reached */
 	stat_counter hs_bucket[METRICS_HS_BUCKETS + 1];	/* not cumulative */
 	stat_counter hs_micros;	/* total handshake time, microseconds */
+	/* CA mode: refused for an expired or not yet valid certificate. */
+	stat_counter peer_out_of_dates;
 	/* The pool (pool.c). Client: ready is a gauge; the rest count. */
 	stat_counter pool_ready;	/* handshaken, waiting for a client */
 	stat_counter pool_handoffs;	/* client: handed to a client; server: preamble */
@@ -67,6 +69,10 @@ struct metrics_tunnel {
 	const struct tunnel_stats *stats;
 	unsigned open;
 	bool listening;
+	/* Seconds since the epoch, 0 if none (a retired tunnel: all 0). */
+	int64_t cert_not_after;		/* the own certificate's notAfter */
+	int64_t ca_not_after;		/* the CA file's earliest notAfter */
+	int64_t crl_next_update;	/* the CRLs' earliest nextUpdate */
 };
 
 struct metrics_process {

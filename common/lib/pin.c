@@ -327,3 +327,111 @@ int pin_of_file(const char *path, struct pin *out, char *err, size_t errlen)
 	}
 	return -1;
 }
+
+static int pin_cmp(const void *a, const void *b)
+{
+	return memcmp(((const struct pin *)a)->hash,
+	    ((const struct pin *)b)->hash, PIN_HASH_LEN);
+}
+
+size_t pin_set_sort(struct pin *set, size_t n)
+{
+	if (n < 2)
+		return n;
+	qsort(set, n, sizeof *set, pin_cmp);
+	size_t k = 1;
+	for (size_t i = 1; i < n; i++)
+		if (pin_cmp(&set[i], &set[k - 1]) != 0)
+			set[k++] = set[i];
+	return k;
+}
+
+bool pin_set_has(const struct pin *p, const struct pin *set, size_t n)
+{
+	return n > 0 && bsearch(p, set, n, sizeof *set, pin_cmp) != NULL;
+}
+
+int pin_list_parse(const char *text, size_t len, const char *name,
+    struct pin **pins, size_t *n, char *err, size_t errlen)
+{
+	size_t n0 = *n, cap = *n;
+	struct pin *out = *pins;
+	const char *p = text, *end = text + len;
+	char line_text[PIN_TEXT_MAX + 1], why[200];
+	for (unsigned line = 1; p < end; line++) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *e = nl != NULL ? nl : end;
+		const char *hash = memchr(p, '#', (size_t)(e - p));
+		const char *s = p, *t = hash != NULL ? hash : e;
+		p = nl != NULL ? nl + 1 : end;
+		while (s < t && (*s == ' ' || *s == '\t'))
+			s++;
+		while (t > s && (t[-1] == ' ' || t[-1] == '\t' || t[-1] == '\r'))
+			t--;
+		if (memchr(s, '\0', (size_t)(t - s)) != NULL) {
+			snprintf(err, errlen, "%s:%u: NUL byte; expected text",
+			    name, line);
+			goto fail;
+		}
+		if (s == t)
+			continue;
+		size_t w = (size_t)(t - s);
+		if (w > PIN_TEXT_MAX - 1) {
+			snprintf(err, errlen, "%s:%u: \"%.20s...\" is too long "
+			    "for a pin; expected one sha256//BASE64 per line",
+			    name, line, s);
+			goto fail;
+		}
+		memcpy(line_text, s, w);
+		line_text[w] = '\0';
+		if (*n == cap) {
+			size_t ncap = cap < 16 ? 16 : cap * 2;
+			struct pin *bigger = realloc(out, ncap * sizeof *out);
+			if (bigger == NULL) {
+				snprintf(err, errlen, "%s: out of memory", name);
+				goto fail;
+			}
+			out = bigger;
+			cap = ncap;
+		}
+		if (pin_parse(line_text, &out[*n], why, sizeof why) != 0) {
+			snprintf(err, errlen, "%s:%u: \"%s\": %s", name, line,
+			    line_text, why);
+			goto fail;
+		}
+		(*n)++;
+	}
+	*pins = out;
+	return 0;
+fail:
+	*pins = out;
+	*n = n0;
+	return -1;
+}
+
+int pin_list_read(const char *path, struct pin **pins, size_t *n, char *err,
+    size_t errlen)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL) {
+		snprintf(err, errlen, "%s: cannot read: %s", path,
+		    strerror(errno));
+		return -1;
+	}
+	char *text = malloc(PIN_LIST_MAX + 1);
+	size_t len = text != NULL ? fread(text, 1, PIN_LIST_MAX + 1, f) : 0;
+	int e = ferror(f) ? errno : 0;
+	fclose(f);
+	int rc = -1;
+	if (text == NULL)
+		snprintf(err, errlen, "%s: cannot read: out of memory", path);
+	else if (e != 0)
+		snprintf(err, errlen, "%s: cannot read: %s", path, strerror(e));
+	else if (len > PIN_LIST_MAX)
+		snprintf(err, errlen, "%s: larger than %d bytes; expected a "
+		    "file of sha256// pins, one per line", path, PIN_LIST_MAX);
+	else
+		rc = pin_list_parse(text, len, path, pins, n, err, errlen);
+	free(text);
+	return rc;
+}

@@ -48,4 +48,31 @@ int pin_of_file(const char *path, struct pin *out, char *err, size_t errlen);
 /* True if p is one of the n pins in set (constant time per pin). */
 bool pin_in(const struct pin *p, const struct pin *set, size_t n);
 
+/*
+ * A set of any size, for the handshake: pin_set_sort sorts set in place
+ * and drops duplicates (returns the new count); pin_set_has then finds p
+ * by binary search, O(log n). Pins are hashes of public keys, not secrets:
+ * the search may take a time that depends on where p falls.
+ */
+size_t pin_set_sort(struct pin *set, size_t n);
+bool pin_set_has(const struct pin *p, const struct pin *set, size_t n);
+
+/* A pin file (pin_file = PATH) larger than this is refused: ~300,000 pins. */
+#define PIN_LIST_MAX (16 * 1024 * 1024)
+
+/*
+ * Parse the text of a pin file (len bytes, no NUL needed): one
+ * sha256//BASE64 per line, blanks around it ignored, `#` to the end of
+ * the line a comment, blank lines skipped, CRLF accepted. The pins are
+ * appended to *pins (realloc'd; *n of them), in file order. On error
+ * returns -1, *pins and *n keep what came before, and err reads
+ * `NAME:LINE: what is wrong; expected ...` (name is the file's path).
+ */
+int pin_list_parse(const char *text, size_t len, const char *name,
+    struct pin **pins, size_t *n, char *err, size_t errlen);
+
+/* Read the pin file path and pin_list_parse it (errors name the file). */
+int pin_list_read(const char *path, struct pin **pins, size_t *n, char *err,
+    size_t errlen);
+
 #endif

@@ -50,6 +50,8 @@ static const struct reason_info table[REASON_COUNT] = {
 	    false, false },
 	[REASON_PROXY_HEADER_TRUNCATED] = { "proxy_header_truncated", W, false,
 	    false, false },
+	[REASON_REVOKED] = { "revoked", W, true, false, false },
+	[REASON_NAME_NOT_ALLOWED] = { "name_not_allowed", W, true, false, false },
 	[REASON_OTHER] = { "other", W, false, false, false },
 	[REASON_POOL_UNSUPPORTED] = { "pool_unsupported", W, false, false, false },
 	[REASON_POOL_IDLE] = { "pool_idle", Q, false, false, false },

@@ -311,6 +311,9 @@ static void refuse(struct conn *c, int rc, enum reason why)
 		}
 	}
 	STAT_ADD(c->tun->stats->hs_failed[reason_metric(why)], 1);
+	if (c->io.peer.verdict == TLS_PEER_CHAIN_INVALID &&
+	    c->io.peer.out_of_dates)
+		STAT_ADD(c->tun->stats->peer_out_of_dates, 1);
 	end(c, why, true);
 }
 
@@ -357,6 +360,8 @@ static void handshake_step(struct conn *c)
 		log_str(&l, "suite", tls_suite_name(&c->io.ssl));
 		log_bool(&l, "resumed", resumed);
 		log_str(&l, "peer_pin", pin);
+		if (c->io.peer.names[0])
+			log_str(&l, "peer_rule", c->io.peer.names);
 		log_end(&l);
 	}
 	handshaken(c);

@@ -596,6 +596,11 @@ const struct cfg_tunnel *tunnel_cfg(const struct tunnel *t)
 	return t->conf->cfg;
 }
 
+const struct tls_ctx *tunnel_tls(const struct tunnel *t)
+{
+	return t->conf->tls;
+}
+
 uv_loop_t *tunnel_loop(const struct tunnel *t)
 {
 	return t->loop;

@@ -107,6 +107,8 @@ void tunnel_reconfigure(struct tunnel *t, struct tunnel_conf *conf);
 
 /* The tunnel's current section of the config. */
 const struct cfg_tunnel *tunnel_cfg(const struct tunnel *t);
+/* Its current TLS context (for the dates the status page shows). */
+const struct tls_ctx *tunnel_tls(const struct tunnel *t);
 
 /*
  * Stop accepting (the listener is closed; a unix socket file is removed)

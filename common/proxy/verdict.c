@@ -46,6 +46,11 @@ void verdict_log_end(struct conn *c, enum reason why, bool refused)
 		pin_format(&c->io.peer.pin, pin);
 		log_str(&l, "presented_pin", pin);
 	}
+	/* With allow_* rules: the rule that let it in, or the names refused. */
+	if (!refused && c->io.peer.verdict == TLS_PEER_OK && c->io.peer.names[0])
+		log_str(&l, "peer_rule", c->io.peer.names);
+	else if (refused && c->io.peer.verdict == TLS_PEER_NAME_NOT_ALLOWED)
+		log_str(&l, "peer_names", c->io.peer.names);
 	if (c->error[0])
 		log_str(&l, "error", c->error);
 	log_end(&l);

@@ -16,6 +16,7 @@
 
 #include "compat.h"
 #include "log.h"
+#include "policy.h"
 #include "preamble.h"
 #include "rng.h"
 #include "secret.h"
@@ -31,8 +32,10 @@ struct tls_ctx {
 	mbedtls_pk_context own_key;
 	mbedtls_x509_crt ca;
 	bool has_ca;
-	struct pin *pins;
+	struct pin *pins;	/* inline and pin_file pins: sorted, unique */
 	size_t npins;
+	bool pinned;		/* pin or pin_file given: the key must be one */
+	struct policy policy;	/* ca set: name rules and CRLs */
 	char *server_name;	/* client role with a CA: the name to check */
 	char *sni;		/* client role: the name sent, or NULL */
 	int suites[2 * CFG_CIPHERS_MAX + 1];	/* offered, 0-terminated */
@@ -133,6 +136,47 @@ static bool is_ip_literal(const char *host)
  * without intermediates: a chain that needs them fails here, and the
  * peer falls back to a full handshake (tickets) or is refused.
  */
+/*
+ * A chain that failed with flags: revoked (the CRL), the server's name,
+ * or the chain itself; leaf_dates: the peer's own certificate is expired
+ * or not yet valid (counted apart: upseal_peer_cert_expired_total).
+ */
+static enum tls_verdict chain_verdict(struct tls_peer *peer, uint32_t flags,
+    bool leaf_dates)
+{
+	if (flags & MBEDTLS_X509_BADCERT_REVOKED)
+		return TLS_PEER_REVOKED;
+	if (flags == MBEDTLS_X509_BADCERT_CN_MISMATCH)
+		return TLS_PEER_NAME_MISMATCH;
+	peer->out_of_dates = leaf_dates;
+	return TLS_PEER_CHAIN_INVALID;
+}
+
+/*
+ * What follows a chain that verified (or no CA), the same in the verify
+ * callback, in judge and after a resumption: with a CA the policy (CRLs,
+ * then name rules), then the pins. peer->pin is filled in.
+ */
+static enum tls_verdict after_chain(const struct tls_ctx *ctx,
+    const mbedtls_x509_crt *crt, struct tls_peer *peer)
+{
+	if (ctx->has_ca) {
+		switch (policy_check(&ctx->policy, crt, peer->names,
+		    sizeof peer->names)) {
+		case POLICY_OK:
+			break;
+		case POLICY_REVOKED:
+			return TLS_PEER_REVOKED;
+		case POLICY_NAME:
+			return TLS_PEER_NAME_NOT_ALLOWED;
+		}
+	}
+	if (ctx->pinned && (!peer->has_pin ||
+	    !pin_set_has(&peer->pin, ctx->pins, ctx->npins)))
+		return TLS_PEER_PIN_MISMATCH;
+	return TLS_PEER_OK;
+}
+
 static enum tls_verdict judge(const struct tls_ctx *ctx,
     const mbedtls_x509_crt *crt, struct tls_peer *peer)
 {
@@ -143,26 +187,20 @@ static enum tls_verdict judge(const struct tls_ctx *ctx,
 	peer->has_pin = true;
 	if (ctx->has_ca) {
 		uint32_t flags = 0;
-		int rc = mbedtls_x509_crt_verify_with_profile(
-		    (mbedtls_x509_crt *)crt, (mbedtls_x509_crt *)&ctx->ca, NULL,
-		    &mbedtls_x509_crt_profile_default, ctx->server_name, &flags,
-		    NULL, NULL);
+		(void)mbedtls_x509_crt_verify_with_profile(
+		    (mbedtls_x509_crt *)crt, (mbedtls_x509_crt *)&ctx->ca,
+		    ctx->policy.has_crl ? (mbedtls_x509_crl *)&ctx->policy.crl :
+		    NULL, &mbedtls_x509_crt_profile_default, ctx->server_name,
+		    &flags, NULL, NULL);
+		flags &= ~(uint32_t)POLICY_CRL_STALE_FLAGS;
 		peer->chain_flags |= flags;
-		if (rc != 0)
-			return flags == MBEDTLS_X509_BADCERT_CN_MISMATCH ?
-			    TLS_PEER_NAME_MISMATCH : TLS_PEER_CHAIN_INVALID;
+		if (flags != 0)
+			return chain_verdict(peer, flags, policy_out_of_dates(crt));
 	}
-	if (ctx->npins > 0 && !pin_in(&peer->pin, ctx->pins, ctx->npins))
-		return TLS_PEER_PIN_MISMATCH;
-	return TLS_PEER_OK;
+	return after_chain(ctx, crt, peer);
 }
 
 /* ---- tickets (server role) ---- */
-
-static int pin_cmp(const void *a, const void *b)
-{
-	return memcmp(a, b, sizeof(struct pin));
-}
 
 /* Hash a length (4 bytes, big-endian) and then the bytes. */
 static int md_field(mbedtls_md_context_t *h, const void *p, size_t len)
@@ -176,7 +214,8 @@ static int md_field(mbedtls_md_context_t *h, const void *p, size_t len)
 
 /*
  * ctx->binding: SHA-256 over the tunnel's name, the role, its pins (in
- * sorted order: the order they are listed in does not matter) and its CA
+ * sorted order, tls_ctx_new sorts them: the order they are listed in does
+ * not matter) and its CA
  * certificates, each field length-prefixed. Sealed into every ticket key
  * (ticket.h), so a ticket opens only in the tunnel, and under the trust
  * settings, that issued it.
@@ -187,8 +226,6 @@ static int binding_compute(struct tls_ctx *ctx, const struct cfg_tunnel *t)
 	unsigned char role = ctx->role == CFG_SERVER ? 's' : 'c';
 	mbedtls_md_context_t h;
 	mbedtls_md_init(&h);
-	if (ctx->npins > 1)
-		qsort(ctx->pins, ctx->npins, sizeof *ctx->pins, pin_cmp);
 	int rc = mbedtls_md_setup(&h,
 	    mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), 0);
 	if (rc == 0)
@@ -253,6 +290,8 @@ static int ticket_open(void *p, mbedtls_ssl_session *session,
 		pin_format(&peer.pin, pin);
 		log_str(&l, "presented_pin", pin);
 	}
+	if (v == TLS_PEER_NAME_NOT_ALLOWED)
+		log_str(&l, "peer_names", peer.names);
 	log_str(&l, "msg", "the certificate in the session ticket does not "
 	    "pass the tunnel's current settings; a full handshake decides");
 	log_end(&l);
@@ -310,7 +349,8 @@ static int conf_setup(struct tls_ctx *ctx, mbedtls_ssl_config *conf,
 	 */
 	mbedtls_ssl_conf_authmode(conf, MBEDTLS_SSL_VERIFY_OPTIONAL);
 	if (ctx->has_ca)
-		mbedtls_ssl_conf_ca_chain(conf, &ctx->ca, NULL);
+		mbedtls_ssl_conf_ca_chain(conf, &ctx->ca, ctx->policy.has_crl ?
+		    &ctx->policy.crl : NULL);
 	if (ctx->role == CFG_SERVER)
 		mbedtls_ssl_conf_sni(conf, sni_cb, NULL);
 	rc = mbedtls_ssl_conf_own_cert(conf, &ctx->own_crt, &ctx->own_key);
@@ -416,6 +456,49 @@ static int alpn_setup(struct tls_ctx *ctx, const struct cfg_tunnel *t,
 	return 0;
 }
 
+/*
+ * The pins of t, inline then from each pin_file, sorted and unique for
+ * pin_set_has. A pin file that holds no pin (and no other) is an error:
+ * the tunnel would let nobody in, or, with a CA, everybody it signed.
+ */
+static int load_pins(struct tls_ctx *ctx, const struct cfg_tunnel *t,
+    char *err, size_t errlen)
+{
+	ctx->pinned = t->npins > 0 || t->npin_files > 0;
+	if (t->npins > 0) {
+		ctx->pins = calloc(t->npins, sizeof *ctx->pins);
+		if (ctx->pins == NULL) {
+			snprintf(err, errlen, "[%s] out of memory", t->name);
+			return -1;
+		}
+		memcpy(ctx->pins, t->pins, t->npins * sizeof *ctx->pins);
+		ctx->npins = t->npins;
+	}
+	for (size_t i = 0; i < t->npin_files; i++) {
+		char why[600];
+		if (pin_list_read(t->pin_files[i], &ctx->pins, &ctx->npins, why,
+		    sizeof why) != 0) {
+			snprintf(err, errlen, "[%s] pin_file: %s", t->name, why);
+			return -1;
+		}
+	}
+	if (ctx->pinned && ctx->npins == 0) {
+		snprintf(err, errlen, "[%s] pin_file: %s: no pin in the file; "
+		    "expected one sha256//BASE64 per line (upseal-certs pin)",
+		    t->name, t->pin_files[0]);
+		return -1;
+	}
+	ctx->npins = pin_set_sort(ctx->pins, ctx->npins);
+	return 0;
+}
+
+void tls_ctx_dates(const struct tls_ctx *ctx, struct tls_dates *out)
+{
+	out->cert_not_after = policy_chain_not_after(&ctx->own_crt);
+	out->ca_not_after = ctx->has_ca ? policy_chain_not_after(&ctx->ca) : 0;
+	out->crl_next_update = ctx->policy.crl_next_update;
+}
+
 int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
     uid_t run_as, struct tls_ctx **out, char *err, size_t errlen)
 {
@@ -457,14 +540,11 @@ int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
 		if (load_crt(&ctx->ca, t, "ca", t->ca, err, errlen) != 0)
 			goto fail;
 		ctx->has_ca = true;
+		if (policy_load(&ctx->policy, t, &ctx->ca, err, errlen) != 0)
+			goto fail;
 	}
-	if (t->npins > 0) {
-		ctx->pins = calloc(t->npins, sizeof *ctx->pins);
-		if (ctx->pins == NULL)
-			goto fail_nomem;
-		memcpy(ctx->pins, t->pins, t->npins * sizeof *ctx->pins);
-		ctx->npins = t->npins;
-	}
+	if (load_pins(ctx, t, err, errlen) != 0)
+		goto fail;
 	if (role == CFG_CLIENT) {
 		const char *name = t->server_name;
 		if (name == NULL && t->connect.kind == ADDR_TCP &&
@@ -514,6 +594,7 @@ void tls_ctx_free(struct tls_ctx *ctx)
 	mbedtls_x509_crt_free(&ctx->own_crt);
 	mbedtls_pk_free(&ctx->own_key);	/* zeroizes the key */
 	mbedtls_x509_crt_free(&ctx->ca);
+	policy_free(&ctx->policy);
 	mbedtls_ssl_ticket_free(&ctx->ticket);	/* zeroizes the ticket keys */
 	ticket_keys_free(ctx->shared_keys);
 	mbedtls_ssl_session_free(&ctx->cached);
@@ -538,6 +619,9 @@ static int verify_cb(void *arg, mbedtls_x509_crt *crt, int depth,
 	struct tls_peer *peer = arg;
 	const struct tls_ctx *ctx = peer->ctx;
 
+	/* A stale CRL still applies; it does not fail the chain (policy.h). */
+	if (ctx->has_ca)
+		*flags &= ~(uint32_t)POLICY_CRL_STALE_FLAGS;
 	peer->chain_flags |= *flags;
 	if (depth != 0) {
 		if (!ctx->has_ca)
@@ -546,22 +630,15 @@ static int verify_cb(void *arg, mbedtls_x509_crt *crt, int depth,
 	}
 	if (pin_of_crt(crt, &peer->pin) == 0)
 		peer->has_pin = true;
-	if (ctx->has_ca) {
-		uint32_t name_flag = MBEDTLS_X509_BADCERT_CN_MISMATCH;
-		if (peer->chain_flags & ~name_flag) {
-			peer->verdict = TLS_PEER_CHAIN_INVALID;
-			return MBEDTLS_ERR_X509_CERT_VERIFY_FAILED;
-		}
-		if (peer->chain_flags & name_flag) {
-			peer->verdict = TLS_PEER_NAME_MISMATCH;
-			return MBEDTLS_ERR_X509_CERT_VERIFY_FAILED;
-		}
-	}
-	if (ctx->npins > 0 &&
-	    (!peer->has_pin || !pin_in(&peer->pin, ctx->pins, ctx->npins))) {
-		peer->verdict = TLS_PEER_PIN_MISMATCH;
+	if (ctx->has_ca && peer->chain_flags != 0) {
+		peer->verdict = chain_verdict(peer, peer->chain_flags,
+		    (*flags & (MBEDTLS_X509_BADCERT_EXPIRED |
+		    MBEDTLS_X509_BADCERT_FUTURE)) != 0);
 		return MBEDTLS_ERR_X509_CERT_VERIFY_FAILED;
 	}
+	peer->verdict = after_chain(ctx, crt, peer);
+	if (peer->verdict != TLS_PEER_OK)
+		return MBEDTLS_ERR_X509_CERT_VERIFY_FAILED;
 	/* Pinned (and chained, with a CA): nothing left to object to. */
 	peer->verified = true;
 	*flags = 0;
@@ -642,11 +719,12 @@ enum tls_verdict tls_check_peer(const struct tls_ctx *now,
 	if (pin_of_crt(crt, &peer->pin) != 0)
 		return peer->verdict = TLS_PEER_PIN_MISMATCH;
 	peer->has_pin = true;
-	if (now->npins > 0 && !pin_in(&peer->pin, now->pins, now->npins))
-		return peer->verdict = TLS_PEER_PIN_MISMATCH;
-	if (now->has_ca && mbedtls_x509_time_is_past(&crt->valid_to))
+	if (now->has_ca && policy_out_of_dates(crt)) {
+		peer->out_of_dates = true;
 		return peer->verdict = TLS_PEER_CHAIN_INVALID;
-	return peer->verdict = TLS_PEER_OK;
+	}
+	/* The same policy and pins as in a full handshake (after_chain). */
+	return peer->verdict = after_chain(now, crt, peer);
 }
 
 void tls_session_resume(struct tls_ctx *ctx, mbedtls_ssl_context *ssl)
@@ -694,6 +772,10 @@ enum reason tls_verdict_reason(enum tls_verdict v)
 		return REASON_NAME_MISMATCH;
 	case TLS_PEER_NO_CERT:
 		return REASON_NO_CERT;
+	case TLS_PEER_REVOKED:
+		return REASON_REVOKED;
+	case TLS_PEER_NAME_NOT_ALLOWED:
+		return REASON_NAME_NOT_ALLOWED;
 	}
 	return REASON_OTHER;
 }

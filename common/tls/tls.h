@@ -27,10 +27,14 @@ enum tls_verdict {
 	TLS_PEER_CHAIN_INVALID,	/* ca set: chain does not verify (or expired) */
 	TLS_PEER_NAME_MISMATCH,	/* ca set, client role: server name not in cert */
 	TLS_PEER_NO_CERT,	/* the peer presented no certificate */
+	TLS_PEER_REVOKED,	/* ca set: a crl of the tunnel revokes it */
+	TLS_PEER_NAME_NOT_ALLOWED,	/* ca set: no allow_* rule matches */
 };
 
 /* A DNS name is at most 253 bytes; a longer SNI is kept cut short. */
 #define TLS_SNI_MAX 256
+/* The room for a peer's names or the rule it matched, in a log line. */
+#define TLS_PEER_NAMES_MAX 192
 
 /* What one connection learned about its peer during the handshake. */
 struct tls_peer {
@@ -42,6 +46,13 @@ struct tls_peer {
 	struct pin pin;		/* the peer's key, once seen */
 	/* Server: the server name (SNI) the client sent, or "". */
 	char sni[TLS_SNI_MAX];
+	/* ca set: its certificate was refused for its dates (expired or not yet valid). */
+	bool out_of_dates;
+	/*
+	 * With allow_* rules: the rule that let it in ("allow_dns=*.x"),
+	 * or, refused for its names, the names it carried ("dns=a,cn=b").
+	 */
+	char names[TLS_PEER_NAMES_MAX];
 };
 
 /*
@@ -56,6 +67,18 @@ struct tls_peer {
  */
 int tls_ctx_new(const struct cfg_tunnel *t, enum cfg_role role,
     uid_t run_as, struct tls_ctx **out, char *err, size_t errlen);
+
+/*
+ * The dates an operator watches, seconds since the epoch (0: none): the
+ * own certificate's notAfter, the earliest notAfter of the CA file's
+ * certificates, the earliest nextUpdate of the CRLs.
+ */
+struct tls_dates {
+	int64_t cert_not_after;
+	int64_t ca_not_after;
+	int64_t crl_next_update;
+};
+void tls_ctx_dates(const struct tls_ctx *ctx, struct tls_dates *out);
 
 /* Free a context; NULL is a no-op. No session may still use it. */
 void tls_ctx_free(struct tls_ctx *ctx);

@@ -12,7 +12,7 @@ set -uo pipefail
 
 cd "$(dirname "$0")/../.."
 SECS=${1:-20}
-TARGETS=${FUZZ_TARGETS:-"config pin addr tls_server pool proxy"}
+TARGETS=${FUZZ_TARGETS:-"config pin pinfile addr tls_server pool proxy"}
 BIN=build-fuzz
 WORK=$(mktemp -d /tmp/upseal-fuzz-XXXXXX)
 trap 'rm -rf "$WORK"' EXIT

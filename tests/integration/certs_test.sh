@@ -339,6 +339,56 @@ refused "mTLS: a client without a certificate is refused"
 refused "mTLS: a client certificate from another CA is refused" \
     -cert "$T/other/rogue.crt" -key "$T/other/rogue.key"
 
+# --- --uri, --ca DIR and revoke (issue 12) --------------------------------
+run "$BIN" new spiffe --dir "$PKI" --ca "$PKI" --dns s.proxies.internal \
+    --uri spiffe://prod.example/ns/web/sa/api --days 3
+expect "new --uri with --ca DIR (the one CA in it)" 0
+has "--uri is a URI subjectAltName" <(text_of "$PKI/spiffe.crt") \
+    "DNS:s.proxies.internal, URI:spiffe://prod.example/ns/web/sa/api"
+if openssl x509 -in "$PKI/spiffe.crt" -noout -checkend $((2 * 86400)) >/dev/null &&
+    ! openssl x509 -in "$PKI/spiffe.crt" -noout -checkend $((3 * 86400 + 60)) >/dev/null; then
+	ok "--days 3 with --ca"
+else
+	notok "--days 3 with --ca" "$(openssl x509 -in "$PKI/spiffe.crt" -noout -enddate)"
+fi
+run "$BIN" new keep --dir "$PKI" --ca "$PKI/myca"
+expect "a second leaf of the CA" 0
+run "$BIN" revoke --ca "$PKI/myca"
+expect "revoke without CERT writes an empty CRL" 0
+same "revoke prints the CRL's path" "$(cat "$T/out")" "$PKI/myca.crl"
+if openssl crl -in "$PKI/myca.crl" -CAfile "$PKI/myca.crt" -noout 2>"$T/ossl.err"; then
+	ok "openssl verifies the CRL's signature"
+else
+	notok "openssl verifies the CRL's signature" "$(cat "$T/ossl.err")"
+fi
+run "$BIN" revoke --ca "$PKI" "$PKI/spiffe.crt"
+expect "revoke a certificate" 0 "1 revoked (1 new)"
+run openssl verify -crl_check -CAfile "$PKI/myca.crt" -CRLfile "$PKI/myca.crl" "$PKI/spiffe.crt"
+if [ "$RC" -ne 0 ] && grep -q "certificate revoked" "$T/out" "$T/err"; then
+	ok "openssl sees the certificate revoked"
+else
+	notok "openssl sees the certificate revoked" "$(cat "$T/out" "$T/err")"
+fi
+run openssl verify -crl_check -CAfile "$PKI/myca.crt" -CRLfile "$PKI/myca.crl" "$PKI/keep.crt"
+expect "openssl: the other certificate is not revoked" 0
+run "$BIN" revoke --ca "$PKI/myca" --days 2 "$PKI/keep.crt" "$PKI/spiffe.crt"
+expect "revoke extends the CRL" 0 "2 revoked (1 new, some listed already)"
+same "the CRL lists both serials" "$(openssl crl -in "$PKI/myca.crl" -noout -text | grep -c 'Serial Number')" 2
+nu=$(openssl crl -in "$PKI/myca.crl" -noout -nextupdate | cut -d= -f2)
+lu=$(openssl crl -in "$PKI/myca.crl" -noout -lastupdate | cut -d= -f2)
+same "--days 2: nextUpdate two days (and 5 minutes) after thisUpdate" \
+    $(( $(date -d "$nu" +%s) - $(date -d "$lu" +%s) )) $((2 * 86400 + 300))
+run "$BIN" revoke --ca "$PKI/myca" "$T/other/otherca.crt"
+expect "revoke refuses a certificate of another CA" 1 "not issued by this CA"
+run "$BIN" revoke --ca "$T/other/otherca" "$PKI/keep.crt"
+expect "revoke with another CA's key refuses" 1 "not issued by this CA"
+cp "$PKI/myca.crl" "$T/other/otherca.crl"
+run "$BIN" revoke --ca "$T/other/otherca"
+expect "revoke refuses to extend another CA's CRL" 1 "not one CRL of this CA"
+mkdir "$T/twoca" && "$BIN" ca a --dir "$T/twoca" >/dev/null 2>&1 && "$BIN" ca b --dir "$T/twoca" >/dev/null 2>&1
+run "$BIN" new z --dir "$T/twoca" --ca "$T/twoca"
+expect "--ca DIR with two CAs fails" 1 "more than one CA in the directory"
+
 # --- bad usage: exit 2, nothing written -----------------------------------
 mkdir "$T/scratch"
 cd "$T/scratch" || exit 1
@@ -368,6 +418,11 @@ usage_case ca x --ca pki/myca
 usage_case pin
 usage_case pin a b
 usage_case pin a --force
+usage_case revoke x.crt
+usage_case revoke --ca pki/myca --dns a.test
+usage_case revoke --ca pki/myca --force
+usage_case new x --uri nope
+usage_case new x --uri 'spiffe://td/*'
 same "bad usage writes nothing" "$(ls -A "$T/scratch")" ""
 cd "$T" || exit 1
 

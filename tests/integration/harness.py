@@ -135,7 +135,8 @@ def parse_line(line):
 HANDSHAKE_REASONS = ("pin_mismatch", "no_cert", "chain_invalid",
                      "name_mismatch", "not_tls", "protocol_version",
                      "peer_alert", "handshake_eof", "handshake_failed",
-                     "no_application_protocol")
+                     "no_application_protocol", "revoked",
+                     "name_not_allowed")
 
 
 def event_re(event, **fields):
@@ -751,7 +752,7 @@ class Harness:
               % (name, r.returncode, r.err.strip()))
         return os.path.join(self.dir, name)   # the --ca argument
 
-    def identity(self, name, ca=None, dns=(), ip=(), days=None):
+    def identity(self, name, ca=None, dns=(), ip=(), days=None, uri=()):
         argv = [self.bin("upseal-certs"), "new", name, "--dir", self.dir]
         if days is not None:
             argv += ["--days", str(days)]
@@ -759,6 +760,8 @@ class Harness:
             argv += ["--dns", d]
         for a in ip:
             argv += ["--ip", a]
+        for u in uri:
+            argv += ["--uri", u]
         if ca:
             argv += ["--ca", ca]
         r = self.run(argv)

@@ -56,12 +56,18 @@ def test_check_accepts_good_files(h):
         r = _check(h, "upseal-" + role, p)
         check_eq(r.returncode, 0, "upseal-%s --check %s exit (stderr %r)"
                  % (role, p, r.err))
-        check_eq(r.out.strip(), "%s: ok, 1 tunnel(s)" % p, "--check output")
+        out = r.out.strip().splitlines()
+        check_eq(out[-1], "%s: ok, 1 tunnel(s)" % p, "--check output")
+        # Before it, the days the certificate has left (expiry).
+        check(any(re.fullmatch(r"\[\w+\] cert notAfter \S+Z \(\d+ days left\)",
+                               ln) for ln in out[:-1]),
+              "--check prints no days left:\n%s" % r.out)
         two = lines + ["", "[second]"] + lines[5:]
         p2 = _file(h, "two-" + role, two)
         r = _check(h, "upseal-" + role, p2)
         check_eq(r.returncode, 0, "--check %s exit (stderr %r)" % (p2, r.err))
-        check_eq(r.out.strip(), "%s: ok, 2 tunnel(s)" % p2, "--check output")
+        check_eq(r.out.strip().splitlines()[-1], "%s: ok, 2 tunnel(s)" % p2,
+                 "--check output")
 
 
 def _broken_cases(sid, cid):
@@ -243,7 +249,9 @@ def test_examples_pass_check(h):
         if not ok:
             problems.append("%s: %r" % (base, results))
         for role, rc, out, err in ok:
-            if not re.fullmatch(re.escape(f) + r": ok, \d+ tunnel\(s\)", out):
+            # The last line says ok; each tunnel's dates come before it.
+            if not re.fullmatch(re.escape(f) + r": ok, \d+ tunnel\(s\)",
+                                out.splitlines()[-1]):
                 problems.append("%s (%s): --check printed %r" % (base, role, out))
     check(not problems, "examples failing --check:\n" + "\n".join(problems))
 

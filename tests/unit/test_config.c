@@ -576,7 +576,7 @@ TEST(config_missing_keys)
 	SERVER_ERR("[app]\nlisten = 0.0.0.0:7443\nconnect = 127.0.0.1:8080\n"
 	    "cert = s.crt\nkey = s.key\n[next]\n",
 	    "server.ini:1: [app]: no pin and no ca: set pin = sha256//... "
-	    "(see upseal-certs pin) or ca = FILE");
+	    "(see upseal-certs pin), pin_file = FILE or ca = FILE");
 	/* The last section is checked at the end of the file too. */
 	SERVER_ERR(SERVER_APP "[next]\nlisten = 0.0.0.0:7444\n",
 	    "server.ini:7: [next]: missing required key \"connect\"");
@@ -856,4 +856,56 @@ TEST(config_max_handshakes)
 	/* The client's TLS end is dialed, not accepted: nothing to budget. */
 	CLIENT_ERR(CLIENT_APP "max_handshakes = 8\n",
 	    "client.ini:7: [app] max_handshakes: only meaningful in server.ini");
+}
+
+TEST(config_fleet_keys)
+{
+	struct cfg *c = load_ok(CFG_SERVER, "server.ini",
+	    "[app]\nlisten = 0.0.0.0:7443\nconnect = 127.0.0.1:8080\n"
+	    "cert = s.crt\nkey = s.key\nca = ca.crt\n"
+	    "pin_file = /etc/upseal/a.pins\npin_file = b.pins\n"
+	    "allow_dns = *.proxies.internal\n"
+	    "allow_uri = spiffe://prod.example/ns/web/*\n"
+	    "allow_cn = proxy-1\ncrl = ca.crl\ncrl = other.crl\n"
+	    "expiry_warning = 30d\n");
+	CHECK(c != NULL);
+	if (c != NULL) {
+		const struct cfg_tunnel *t = &c->tunnels[0];
+		CHECK_INT(t->npin_files, 2);
+		CHECK_STR(t->pin_files[1], "b.pins");
+		CHECK_INT(t->nallow, 3);
+		CHECK_INT(t->allow[0].kind, NAME_DNS);
+		CHECK_INT(t->allow[1].kind, NAME_URI);
+		CHECK_INT(t->allow[2].kind, NAME_CN);
+		CHECK_STR(t->allow[2].text, "proxy-1");
+		CHECK_INT(t->ncrl_files, 2);
+		CHECK_STR(t->crl_files[0], "ca.crl");
+		CHECK_INT(t->expiry_warning_ms, 30ULL * 86400 * 1000);
+		cfg_free(c);
+	}
+	/* pin_file alone is enough, without pin or ca; defaults. */
+	c = load_ok(CFG_SERVER, "server.ini",
+	    "[app]\nlisten = 0.0.0.0:7443\nconnect = 127.0.0.1:8080\n"
+	    "cert = s.crt\nkey = s.key\npin_file = a.pins\n");
+	CHECK(c != NULL);
+	if (c != NULL) {
+		CHECK_INT(c->tunnels[0].expiry_warning_ms, 14ULL * 86400 * 1000);
+		CHECK_INT(c->tunnels[0].nallow, 0);
+		cfg_free(c);
+	}
+	SERVER_ERR(SERVER_APP "allow_dns = a.*.internal\n",
+	    "server.ini:7: [app] allow_dns: \"a.*.internal\" has a '*' that "
+	    "is not the whole leftmost label");
+	SERVER_ERR(SERVER_APP "ca = ca.crt\nallow_uri = prod.example/x\n",
+	    "server.ini:8: [app] allow_uri: \"prod.example/x\" has no "
+	    "scheme://authority");
+	SERVER_ERR(SERVER_APP "allow_dns = a.internal\n",
+	    "server.ini:7: [app] allow_dns: needs ca = FILE: without a CA");
+	SERVER_ERR(SERVER_APP "crl = ca.crl\n",
+	    "server.ini:7: [app] crl: needs ca = FILE: a CRL revokes");
+	SERVER_ERR(SERVER_APP "expiry_warning = 11y\n",
+	    "server.ini:7: [app] expiry_warning: \"11y\" has an unknown unit");
+	SERVER_ERR(SERVER_APP "expiry_warning = 3651d\n",
+	    "server.ini:7: [app] expiry_warning: \"3651d\" is out of range; "
+	    "expected a duration from 0 to 3650d");
 }

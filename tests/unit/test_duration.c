@@ -25,6 +25,7 @@ TEST(duration_valid)
 	CHECK_INT(duration("5m"), 300000);
 	CHECK_INT(duration("1h"), 3600000);
 	CHECK_INT(duration("36h"), 36LL * 3600000);
+	CHECK_INT(duration("14d"), 14LL * 24 * 3600000);
 	CHECK_INT(duration("0010s"), 10000);
 
 	CHECK_INT(cfg_parse_duration("18446744073709551615ms", &ms), 0);
@@ -43,7 +44,8 @@ TEST(duration_invalid)
 	CHECK_INT(duration("5x"), -1);
 	CHECK_INT(duration("5sec"), -1);
 	CHECK_INT(duration("5S"), -1);
-	CHECK_INT(duration("5d"), -1);
+	CHECK_INT(duration("5w"), -1);
+	CHECK_INT(duration("5D"), -1);
 	CHECK_INT(duration("5ms5"), -1);
 	CHECK_INT(duration("1.5s"), -1);
 	/* no number */
