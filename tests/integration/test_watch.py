@@ -472,3 +472,54 @@ def test_missing_directory_is_a_warning_then_watched(h):
     d = wait_reload(cli, n + 1)
     check(d.get("changed", "").startswith(os.path.realpath(later) + "/"),
           "changed=%r" % d.get("changed"))
+
+
+# --- pin files and CRLs are watched too (cfg_files) -----------------------
+
+def _fleet():
+    import test_fleet
+    return test_fleet
+
+
+@timeout(60)
+def test_pin_file_change_reloads(h):
+    """A pin added to a pin_file (editor-style save) is picked up without
+    a signal: the client it names, refused before, gets in after one
+    reload with trigger=file naming the pin file."""
+    f = _fleet()
+    be = h.echo_backend()
+    sid, a, b = h.identity("srv"), h.identity("a"), h.identity("b")
+    pf = h.path("clients.pins")
+    replace_text(pf, "# the proxies\n%s\n" % a.pin)
+    srv = f._server(h, be, sid, upseal=ONE_WORKER, pin_file=pf)
+    cli = f._client(h, srv, [a, b])
+    f.close_echo(f.roundtrip(h, cli.addr("a"), b"a is pinned\n"))
+    f._refused(h, cli, "b", srv, "pin_mismatch")
+    n = count(srv.p, "reloaded")
+    replace_text(pf, "# the proxies\n%s\n%s\n" % (a.pin, b.pin))
+    d = wait_reload(srv.p, n)
+    check(d.get("changed", "").endswith("clients.pins"),
+          "reloaded changed=%r, want the pin file" % d.get("changed"))
+    f.close_echo(f.roundtrip(h, cli.addr("b"), b"b is pinned now\n"))
+
+
+@timeout(90)
+def test_crl_rewritten_by_upseal_certs_reloads(h):
+    """upseal-certs revoke rewrites the CRL a server tunnel names: the
+    server reloads by itself and refuses the revoked client's next
+    connection; the other client is unaffected."""
+    f = _fleet()
+    be = h.echo_backend()
+    ca = h.ca("ca")
+    sid = h.identity("srv", ca=ca)
+    a, b = h.identity("a", ca=ca), h.identity("b", ca=ca)
+    crl = f._certs(h, "revoke", "--ca", ca).out.strip()
+    srv = f._server(h, be, sid, upseal=ONE_WORKER, ca=ca + ".crt", crl=crl,
+                    resumption="no")
+    cli = f._client(h, srv, [a, b])
+    f.close_echo(f.roundtrip(h, cli.addr("a"), b"a before\n"))
+    n = count(srv.p, "reloaded")
+    f._certs(h, "revoke", "--ca", ca, a.crt)
+    wait_reload(srv.p, n)
+    f._refused(h, cli, "a", srv, "revoked")
+    f.close_echo(f.roundtrip(h, cli.addr("b"), b"b is not revoked\n"))
