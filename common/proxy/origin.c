@@ -59,13 +59,18 @@ static void log_header(struct conn *c, const struct pp_header *h)
 
 int origin_header_input(struct conn *c, ssize_t n, const uv_buf_t *buf)
 {
+	if (n == UV_EOF && c->hdr_len == 0) {
+		/*
+		 * Nothing sent, then a clean close: a TCP health check, not a
+		 * broken sender. Ended as closed (info), not as a warning.
+		 */
+		conn_errorf(c, "the peer closed before sending anything "
+		    "(proxy_protocol = accept)");
+		return CONN_END(REASON_CLOSED);
+	}
 	if (n == UV_EOF) {
-		if (c->hdr_len == 0)
-			conn_errorf(c, "the peer closed before sending the PROXY "
-			    "header (proxy_protocol = accept)");
-		else
-			conn_errorf(c, "the peer closed %zu bytes into the "
-			    "PROXY header", c->hdr_len);
+		conn_errorf(c, "the peer closed %zu bytes into the PROXY header",
+		    c->hdr_len);
 		return CONN_END(REASON_PROXY_HEADER_TRUNCATED);
 	}
 	if (n < 0) {

@@ -461,7 +461,6 @@ def _bad_cases():
                             tlvs=b"\x04\x00\x28" + b"ab")
     return [
         # (name, bytes, close after sending, reason)
-        ("nothing, then close", b"", True, "proxy_header_truncated"),
         ("truncated v2 then close", good4[:10], True,
          "proxy_header_truncated"),
         ("truncated v1 then close", b"PROXY TCP4 192.0.2.1", True,
@@ -579,6 +578,24 @@ def test_bad_headers_refused(h):
     # LOCAL and PROXY UNKNOWN: accepted, nothing carried.
     good_one(v2_local(), b"after LOCAL\n")
     good_one(b"PROXY UNKNOWN\r\n", b"after UNKNOWN\n")
+
+    # Nothing, then a clean close (a TCP health check): closed, not a
+    # warning, and nothing reaches the server.
+    s_before = len(srv.p.events("conn_end"))
+    s = socket.create_connection(hostport(addr), timeout=10)
+    h.socks.append(s)
+    s.shutdown(socket.SHUT_WR)
+    how, secs, n = wait_closed(s, scaled(5, 15))
+    s.close()
+    check(how == "eof" and n == 0, "empty connection: %s after %.1fs, %d "
+          "bytes" % (how, secs, n))
+    ends["c"] += 1
+    e = conn_end(cli, ends["c"])
+    check_eq(e["reason"], "closed", "empty connection: reason")
+    check("before sending anything" in e.get("error", ""),
+          "empty connection: error=%r" % e.get("error"))
+    check_eq(len(srv.p.events("conn_end")), s_before,
+             "empty connection: upseal-server connections")
 
     # A sender that stops half-way: proxy_header_timeout (500ms).
     s_before, be_before = len(srv.p.events("conn_end")), be.accepted
