@@ -507,19 +507,29 @@ def test_pin_file_change_reloads(h):
 def test_crl_rewritten_by_upseal_certs_reloads(h):
     """upseal-certs revoke rewrites the CRL a server tunnel names: the
     server reloads by itself and refuses the revoked client's next
-    connection; the other client is unaffected."""
+    connection, resumed (its ticket survives the reload through
+    ticket_key_file) and full; the other client is unaffected."""
     f = _fleet()
     be = h.echo_backend()
     ca = h.ca("ca")
     sid = h.identity("srv", ca=ca)
     a, b = h.identity("a", ca=ca), h.identity("b", ca=ca)
     crl = f._certs(h, "revoke", "--ca", ca).out.strip()
-    srv = f._server(h, be, sid, upseal=ONE_WORKER, ca=ca + ".crt", crl=crl,
-                    resumption="no")
+    tk = h.path("tickets.key")
+    with open(tk, "wb") as fh:
+        fh.write(os.urandom(48))
+    os.chmod(tk, 0o600)
+    srv = f._server(h, be, sid, upseal=dict(ONE_WORKER, log_level="debug"),
+                    ca=ca + ".crt", crl=crl, ticket_key_file=tk)
     cli = f._client(h, srv, [a, b])
-    f.close_echo(f.roundtrip(h, cli.addr("a"), b"a before\n"))
+    for i in range(2):   # the second one resumes
+        f.close_echo(f.roundtrip(h, cli.addr("a"), b"a before %d\n" % i))
     n = count(srv.p, "reloaded")
     f._certs(h, "revoke", "--ca", ca, a.crt)
     wait_reload(srv.p, n)
     f._refused(h, cli, "a", srv, "revoked")
+    if not f.tls13(h):
+        t = srv.p.wait_event("ticket_refused", 10)
+        check_eq(t.get("reason"), "revoked", "ticket_refused reason")
+    f._refused(h, cli, "a", srv, "revoked", count=2)
     f.close_echo(f.roundtrip(h, cli.addr("b"), b"b is not revoked\n"))
