@@ -17,7 +17,6 @@ import base64
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import time
@@ -27,7 +26,8 @@ from harness import (Backend, Proc, Skip, TestFailure, check, check_eq,
                      wait_closed)
 from test_operate import Side, scrape
 from test_pool import _wait_metric
-from test_twohost import NET_A, NET_B, TwoHosts, _netns_permitted, ns_connect
+from test_twohost import (NET_A, NET_B, TwoHosts, _netns_permitted, ns_connect,
+                          stop_group)
 from tlsver import tls13
 
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -746,21 +746,7 @@ def _other(h, name, argv):
     """A non-upseal daemon, ended by this test (its process group, made
     by start_new_session, is its own)."""
     p = Proc(h, name, argv, h.dir)
-
-    def stop():
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except OSError:
-                pass
-            if p.wait(10) is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                p.wait(10)
-        p._close_files()
-    h.cleanups.append(stop)
+    h.cleanups.append(lambda: stop_group(p))
     return p
 
 

@@ -127,6 +127,24 @@ def wait_port(ns, host, port, timeout, what, proc=None):
                          "\n" + tail(proc.log()) if proc else ""))
 
 
+def stop_group(p):
+    """End a non-upseal process: SIGTERM, then SIGKILL, to its own process
+    group (start_new_session made it the group leader: the group is ours
+    alone)."""
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except OSError:
+            pass
+        if p.wait(10) is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            p.wait(10)
+    p._close_files()
+
+
 class TwoHosts:
     """Namespaces A and B, a veth pair between them, and every process
     started in them; close() removes all of it (idempotent)."""
@@ -177,20 +195,7 @@ class TwoHosts:
         return p
 
     def stop_other(self, p):
-        """SIGTERM, then SIGKILL to its own process group (start_new_session
-        made it the group leader: the group is ours alone)."""
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except OSError:
-                pass
-            if p.wait(10) is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                p.wait(10)
-        p._close_files()
+        stop_group(p)
 
     def close(self):
         if self.closed:
