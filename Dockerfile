@@ -1,53 +1,76 @@
-# upseal in a container: one image with both sidecars and upseal-certs.
+# upseal's container image: both daemons and upseal-certs, on nothing.
 #
-#   docker build -t upseal .                       # ENTRYPOINT upseal-server
+#   docker build -t upseal .                          # ENTRYPOINT upseal-server
 #   docker build -t upseal-client --build-arg ROLE=client .
+#   docker build -t upseal:trixie --build-arg DEBIAN=13 .   # mbedTLS 3.6, TLS 1.3
 #
 #   docker run -v /etc/upseal:/etc/upseal:ro -p 7443:7443 upseal
-#   docker run --entrypoint upseal-client -v ...:/etc/upseal:ro upseal \
+#   docker run --entrypoint /usr/sbin/upseal-client -v ...:/etc/upseal:ro upseal \
 #       -c /etc/upseal/client.ini
 #
-# The configuration and the identities are mounted at /etc/upseal (read-only
-# is fine; default file /etc/upseal/upseal.ini). Keys must be readable by
-# the image's user `upseal` (uid/gid 10001): owner 10001, mode 0600 (a key
-# that group or others can read is refused; root-owned 0640 is allowed). docker kill -s HUP reloads; docker stop drains (drain_timeout,
-# default 15s: keep `docker stop -t` above it). The runtime image has no
-# curl: probe the `status` port from outside (see examples/k8s).
+# The runtime image is `FROM scratch`: the three binaries, exactly the
+# shared libraries they load (as ldd lists them, with the dynamic loader),
+# an /etc/passwd and /etc/group naming the user `upseal` (uid/gid 10001),
+# and an nsswitch.conf. No shell, no package manager, no other program.
+#
+# The configuration and the identities are mounted at /etc/upseal,
+# read-only (default file /etc/upseal/upseal.ini); the root filesystem can
+# be read-only too. Keys must be readable by uid 10001: owner 10001 with
+# mode 0600 or 0400, or owner root, group 10001, mode 0640 or 0440 (a key
+# that others can read is refused). docker kill -s HUP reloads; docker stop
+# drains (drain_timeout, default 15s: keep `docker stop -t` above it).
+# Health checks: GET /healthz on the `status` port, from outside the
+# container (there is no curl, nor a shell, inside).
+# tests/containers.sh builds this file with podman and runs all of the above.
+
+# Debian release of the build stage: 12 (mbedTLS 2.28, TLS 1.2) or 13
+# (mbedTLS 3.6, TLS 1.3). The runtime stage takes its libraries from it.
+ARG DEBIAN=12
 
 # ---- build ------------------------------------------------------------------
-FROM debian:12 AS build
-RUN apt-get update \
+FROM debian:${DEBIAN} AS build
+ARG DEBIAN
+RUN case "$DEBIAN" in 12|13) ;; \
+        *) echo "DEBIAN must be 12 or 13, not '$DEBIAN'" >&2; exit 1;; esac \
+ && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        build-essential make pkg-config libmbedtls-dev libuv1-dev libinih-dev \
+        gcc libc6-dev make libmbedtls-dev libuv1-dev libinih-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN make -j"$(nproc)" \
- && make install DESTDIR=/out PREFIX=/usr \
+RUN make -j"$(nproc)" install DESTDIR=/out PREFIX=/usr \
  && /out/usr/sbin/upseal-server --version \
  && /out/usr/sbin/upseal-client --version
 
-# ---- runtime ----------------------------------------------------------------
-FROM debian:12-slim
-# Debian 12's runtime packages for mbedTLS 2.28, libuv 1.44 and inih.
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libmbedtls14 libmbedcrypto7 libmbedx509-1 libuv1 libinih1 \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 upseal \
- && useradd --system --uid 10001 --gid upseal --no-create-home \
-        --home-dir /nonexistent --shell /usr/sbin/nologin upseal \
- && install -d -m 0755 /etc/upseal
-COPY --from=build /out/usr/sbin/upseal-client /out/usr/sbin/upseal-server /usr/sbin/
-COPY --from=build /out/usr/bin/upseal-certs /usr/bin/
-COPY --from=build /out/usr/share/doc/upseal/examples /usr/share/doc/upseal/examples
-
+# The runtime tree, /rootfs: the binaries from /out, each shared object they
+# load at the path ldd names (the loader's too), the user, the entrypoint's
+# link; then each binary runs from it with nothing else (chroot).
 ARG ROLE=server
-RUN ln -s /usr/sbin/upseal-${ROLE} /usr/local/bin/upseal \
- && /usr/local/bin/upseal --version
-USER upseal:upseal
+RUN set -eu; \
+    case "$ROLE" in client|server) ;; \
+        *) echo "ROLE must be client or server, not '$ROLE'" >&2; exit 1;; esac; \
+    bins="/out/usr/sbin/upseal-client /out/usr/sbin/upseal-server /out/usr/bin/upseal-certs"; \
+    mkdir -p /rootfs/etc/upseal /rootfs/usr/local/bin /rootfs/usr/sbin /rootfs/usr/bin; \
+    cp /out/usr/sbin/upseal-client /out/usr/sbin/upseal-server /rootfs/usr/sbin/; \
+    cp /out/usr/bin/upseal-certs /rootfs/usr/bin/; \
+    for f in $(ldd $bins | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u); do \
+        cp --parents -L "$f" /rootfs/; \
+    done; \
+    printf 'root:x:0:0:root:/nonexistent:/nonexistent\nupseal:x:10001:10001:upseal:/nonexistent:/nonexistent\n' \
+        > /rootfs/etc/passwd; \
+    printf 'root:x:0:\nupseal:x:10001:\n' > /rootfs/etc/group; \
+    printf 'passwd: files\ngroup: files\nhosts: files dns\n' > /rootfs/etc/nsswitch.conf; \
+    ln -s "/usr/sbin/upseal-$ROLE" /rootfs/usr/local/bin/upseal; \
+    for b in /usr/local/bin/upseal /usr/sbin/upseal-client /usr/bin/upseal-certs; do \
+        chroot /rootfs "$b" --version; \
+    done; \
+    find /rootfs -type f -exec ls -l {} +
+
+# ---- runtime ----------------------------------------------------------------
+FROM scratch
+COPY --from=build /rootfs/ /
+USER 10001:10001
 WORKDIR /etc/upseal
-VOLUME ["/etc/upseal"]
 # upseal-server's usual TLS port (examples/server.ini); status if enabled.
 EXPOSE 7443 9180
 STOPSIGNAL SIGTERM

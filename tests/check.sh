@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # upseal's whole test run: install what is missing, build, run the unit,
-# certs and integration tests, then the same against an ASan+UBSan build.
+# certs and integration tests, then the same against an ASan+UBSan build,
+# then fuzzing, valgrind and the container examples (tests/containers.sh).
 # Ends with one line `total: N passed, M failed`; exits non-zero if any
 # test failed, any build failed or any runner crashed.
 set -uo pipefail
@@ -96,6 +97,11 @@ fi
 run docs tests/docs.sh
 run fuzz tests/fuzz/run.sh "${FUZZ_SECONDS:-15}"
 run valgrind tests/valgrind.sh build
+
+# Last: the Dockerfile's image built with podman on a debootstrap base, the
+# two-host scenario in pods, examples/compose.yaml and examples/k8s run
+# (prints a skip line where podman cannot run).
+run containers tests/containers.sh
 
 echo "=== check took $(($(date +%s) - T0))s"
 echo "total: $PASSED passed, $FAILED failed$([ "${SKIPPED:-0}" -gt 0 ] && echo ", $SKIPPED skipped")"
