@@ -712,7 +712,7 @@ def main():
         # change what is measured.
         snap = os.path.join(tmp, "bin")
         os.makedirs(os.path.join(snap, "bench"))
-        for b in ("upseal-server", "upseal-client"):
+        for b in ("upseal-server", "upseal-client", "upseal-certs"):
             shutil.copy2(os.path.join(cfg.build, b), os.path.join(snap, b))
         for kind, src, sub in (("upseal36", BUILD36, "b36"),
                                ("upseal-prev", BUILD_PREV, "prev")):
