@@ -134,6 +134,9 @@ def one(build, bench_bin, tmp, ids, pins, be_port, seconds, tag):
 
 def make_ids(build, tmp):
     certs = os.path.join(build, "upseal-certs")
+    # Its own directory: run.py's identities in tmp have the same names.
+    tmp = os.path.join(tmp, "pinfile")
+    os.makedirs(tmp, exist_ok=True)
     ids = {}
     for side in ("srv", "cli"):
         r = subprocess.run([certs, "new", side, "--dir", tmp],

@@ -151,6 +151,7 @@ static void conn_free(struct conn *c)
 	bool pooled = c->pool;
 	tlsio_free(&c->io);
 	free(c->hdr);
+	chunk_free(c->pp_out);
 	tunnel_conf_release(c->conf);	/* after the ssl that used it */
 	if (c->ai_list != NULL)
 		uv_freeaddrinfo(c->ai_list);

@@ -88,6 +88,12 @@ struct conn {
 	struct pp_addrs carried;
 	unsigned char *hdr;
 	size_t hdr_len;
+	/*
+	 * Server, proxy_protocol = v1 | v2: the PROXY header for the backend,
+	 * in a standard chunk that the relay's first decrypted bytes fill up
+	 * behind it, so that header and data leave in one write.
+	 */
+	struct chunk *pp_out;
 	bool resumed;			/* the handshake was a resumption */
 
 	bool dropped;
@@ -236,13 +242,22 @@ void origin_from_peer(struct conn *c);
 int origin_header_input(struct conn *c, ssize_t n, const uv_buf_t *buf);
 /* Client, PH_PROXY_HEADER's deadline: the end's detail; CONN_END. */
 int origin_header_timeout(struct conn *c);
-/* Client: the bytes that came after the PROXY header go first. */
+/*
+ * Client, at the start of the relay: the bytes that came after the PROXY
+ * header go first, and the records queued so far (the preamble) leave
+ * with them, in one write.
+ */
 int origin_send_early(struct conn *c);
-/* Client: a handshake without the pool is done: send the preamble. */
+/*
+ * Client: queue the preamble (handoff of a pool conn, or a handshake done
+ * with an address to carry); relay_begin sends it. Must be followed by
+ * relay_enter.
+ */
 int origin_send_preamble(struct conn *c);
 /*
- * Server, proxy_protocol = v1 | v2: the backend is connected: queue the
- * PROXY header as the first bytes to it.
+ * Server, proxy_protocol = v1 | v2: the backend is connected: build the
+ * PROXY header into c->pp_out, which relay_begin's first write carries,
+ * with whatever the client sent already.
  */
 int origin_send_header(struct conn *c);
 

@@ -131,20 +131,18 @@ int origin_send_early(struct conn *c)
 	size_t n = c->hdr_len;
 	c->hdr = NULL;
 	c->hdr_len = 0;
-	if (early == NULL)
-		return 0;
-	int st = 0;
 	if (n > 0) {
 		enum reason why;
 		c->p2t.bytes += n;
 		STAT_ADD(tunnel_stats(c->tun)->bytes_in, n);
-		if (tlsio_write(&c->io, early, n, &why) == TLSIO_FAIL)
-			st = CONN_END(why);
-		else
-			st = relay_flush_tls(c);
+		if (tlsio_write(&c->io, early, n, &why) == TLSIO_FAIL) {
+			free(early);
+			return CONN_END(why);
+		}
 	}
 	free(early);
-	return st;
+	/* The preamble (if one was queued) and these bytes: one write. */
+	return relay_flush_tls(c);
 }
 
 int origin_send_preamble(struct conn *c)
@@ -157,7 +155,8 @@ int origin_send_preamble(struct conn *c)
 		return conn_end_tls(c, "TLS write (preamble)", rc);
 	if (v == 2 && c->carried.family != PP_NONE)
 		STAT_ADD(c->tun->stats->carried, 1);
-	return relay_flush_tls(c);
+	/* Queued: relay_begin (origin_send_early) flushes it, with the bytes. */
+	return 0;
 }
 
 /* ---- the server: the PROXY header to the backend ---- */
@@ -228,22 +227,18 @@ int origin_send_header(struct conn *c)
 		a = c->carried;
 	else
 		tls_end_addrs(c, &a);
-	/* 232 bytes of UNIX addresses, TLVs of at most ~700. */
-	struct chunk *ch = chunk_new(1024);
+	/* A standard chunk: the header (at most ~1 KiB), then data. */
+	struct chunk *ch = chunk_new(CHUNK_CAP);
 	if (ch == NULL)
 		return CONN_END(REASON_NOMEM);
 	ch->len = pp == CFG_PP_V1 ? pp_build_v1(&a, ch->data) :
-	    build_v2(c, &a, ch->data, ch->cap);
+	    build_v2(c, &a, ch->data, PP_MAX);
 	if (ch->len == 0) {
 		chunk_free(ch);
 		conn_errorf(c, "the PROXY header did not fit its buffer");
 		return CONN_END(REASON_OTHER);
 	}
-	int rc = pipe_write(&c->t2p, ch);
-	if (rc < 0) {
-		conn_error_uv(c, "plaintext write (PROXY header)", rc);
-		return CONN_END(REASON_PLAIN_ERROR);
-	}
+	c->pp_out = ch;	/* relay_begin's first write takes it */
 	STAT_ADD(c->tun->stats->proxy_headers, 1);
 	return 0;
 }

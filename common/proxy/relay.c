@@ -175,10 +175,12 @@ static int p2t_end(struct conn *c)
 	return 0;
 }
 
-/* Hand one chunk of decrypted bytes to the plaintext end. */
-static int plain_write(struct conn *c, struct chunk *ch)
+/*
+ * Hand one chunk to the plaintext end: len decrypted bytes (after a PROXY
+ * header, in the first chunk of a server with proxy_protocol).
+ */
+static int plain_write(struct conn *c, struct chunk *ch, size_t len)
 {
-	size_t len = ch->len;
 	int rc = pipe_write(&c->t2p, ch);
 	if (rc < 0) {
 		conn_error_uv(c, "plaintext write", rc);
@@ -199,13 +201,19 @@ static int tls_drain(struct conn *c)
 	enum tlsio_status st = TLSIO_MORE;
 	int rc = 0;
 	while (st == TLSIO_MORE && !c->t2p.eof && !c->t2p.held) {
-		struct chunk *ch = chunk_new(CHUNK_CAP);
+		/* The first, on a server with proxy_protocol: the header's. */
+		struct chunk *ch = c->pp_out != NULL ? c->pp_out :
+		    chunk_new(CHUNK_CAP);
+		c->pp_out = NULL;
 		if (ch == NULL)
 			return CONN_END(REASON_NOMEM);
 		enum reason why = REASON_TLS_ERROR;
-		st = tlsio_read(&c->io, ch->data, ch->cap, &ch->len, &why);
+		size_t n = 0;
+		st = tlsio_read(&c->io, ch->data + ch->len, ch->cap - ch->len, &n,
+		    &why);
+		ch->len += n;
 		if (ch->len > 0)
-			rc = plain_write(c, ch);
+			rc = plain_write(c, ch, n);
 		else
 			chunk_free(ch);
 		if (rc != 0)
