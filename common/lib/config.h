@@ -60,6 +60,8 @@ struct cfg_tunnel {
 	/* Client: handshaken connections kept ready (0 = no pool). */
 	unsigned pool;			/* default 0, at most CFG_POOL_MAX */
 	uint64_t pool_idle_ms;		/* a ready one unused this long is replaced; 60s */
+	/* ktls = off: never hand the record layer to the kernel (auto). */
+	bool ktls_off;
 };
 
 struct cfg {

@@ -239,6 +239,17 @@ static int set_ciphers(const struct cfg_key *k, void *field, const char *v,
 		return whyf(why, "no suite; expected %s", k->form);
 	return 0;
 }
+/* ktls = auto | off: the field is bool ktls_off. */
+static int set_ktls(const struct cfg_key *k, void *field, const char *v,
+    char *why)
+{
+	if (strcmp(v, "auto") != 0 && strcmp(v, "off") != 0)
+		return whyf(why, "\"%s\" is not a kTLS mode; expected %s", v,
+		    k->form);
+	*(bool *)field = strcmp(v, "off") == 0;
+	return 0;
+}
+
 #define T(m) offsetof(struct cfg_tunnel, m)
 
 #define KEY(n, fn, o, f, ...) \
@@ -276,6 +287,7 @@ const struct cfg_key cfg_tunnel_keys[K_TUNNEL_KEYS] = {
 	[K_MAX_HANDSHAKES] = KEY("max_handshakes", set_count,
 	    T(max_handshakes), "a number from 1 to max_connections",
 	    .min = 1, .max = 1000000, .server_only = true),
+	[K_KTLS] = KEY("ktls", set_ktls, T(ktls_off), "auto or off"),
 };
 
 /* The field is the cfg itself: status and has_status go together. */

@@ -171,4 +171,8 @@ void metrics_render(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
 	per_tunnel(b, t, n, "upseal_pool_recycled_total", "counter", "Client: "
 	    "pooled connections closed unused after pool_idle.",
 	    FIELD(pool_recycled));
+	two_ways(b, t, n, "upseal_ktls_connections_total", "Connections whose "
+	    "TLS records the kernel took over (kTLS), by direction: tx, what "
+	    "we send; rx, what we receive.", "direction", "tx",
+	    FIELD(ktls_tx), "rx", FIELD(ktls_rx));
 }

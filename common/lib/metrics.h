@@ -49,6 +49,9 @@ struct tunnel_stats {
 	stat_counter pool_failures;	/* client: pool dials/handshakes that failed */
 	stat_counter pool_recycled;	/* client: closed unused after pool_idle */
 	_Atomic unsigned pool_failing;	/* client: workers in a failure streak */
+	/* kTLS: connections switched, per direction; the tunnel's line logged. */
+	stat_counter ktls_tx, ktls_rx;
+	_Atomic bool ktls_logged;
 };
 
 /* Add n to a counter (any thread). */

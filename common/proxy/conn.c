@@ -147,6 +147,7 @@ static void conn_free(struct conn *c)
 {
 	struct tunnel *t = c->tun;
 	bool pooled = c->pool;
+	relay_ktls_free(c);
 	tlsio_free(&c->io);
 	tunnel_conf_release(c->conf);	/* after the ssl that used it */
 	if (c->ai_list != NULL)
@@ -216,6 +217,7 @@ static void end(struct conn *c, enum reason why, bool refused)
 	}
 	close_handle(&c->plain.h, &c->plain_open);
 	close_handle(&c->tls.h, &c->tls_open);
+	relay_ktls_close(c, on_closed);
 }
 
 void conn_drop(struct conn *c, enum reason why)
@@ -428,6 +430,8 @@ static void handshake_enter(struct conn *c)
 	hs_enter(c);
 	int rc = tlsio_init(&c->io, c->conf->tls, c->pool, c->error,
 	    sizeof c->error);
+	if (rc == 0)
+		relay_ktls_prepare(c);
 	int st = rc != 0 ? conn_end_tls(c, "TLS set-up", rc) :
 	    relay_tls_reading(c);
 	if (st != 0)

@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "compat.h"
+#include "ktls.h"
 #include "log.h"
 #include "preamble.h"
 #include "rng.h"
@@ -294,6 +295,7 @@ static int conf_setup(struct tls_ctx *ctx, mbedtls_ssl_config *conf,
 	ctx->suites[n] = 0;
 	mbedtls_ssl_conf_ciphersuites(conf, ctx->suites);
 	mbedtls_ssl_conf_rng(conf, rng_random, NULL);
+	ktls_conf_capture(conf);	/* 2.28: kept only where wanted */
 #if defined(MBEDTLS_SSL_RENEGOTIATION)
 	mbedtls_ssl_conf_renegotiation(conf,
 	    MBEDTLS_SSL_RENEGOTIATION_DISABLED);
