@@ -11,8 +11,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <linux/tls.h>
-
 #include <mbedtls/md.h>
 #include <mbedtls/platform_util.h>
 
@@ -329,15 +327,9 @@ int ktls_ulp(int fd)
 	return 0;
 }
 
-union crypto_info {
-	struct tls_crypto_info info;
-	struct tls12_crypto_info_aes_gcm_128 g128;
-	struct tls12_crypto_info_aes_gcm_256 g256;
-	struct tls12_crypto_info_chacha20_poly1305 cc;
-};
-
-int ktls_enable(int fd, const mbedtls_ssl_context *ssl,
-    const struct ktls_secrets *s, bool tx)
+int ktls_crypto_info(const mbedtls_ssl_context *ssl,
+    const struct ktls_secrets *s, bool tx, union ktls_crypto_info *ci,
+    socklen_t *len)
 {
 	const struct suite *su = suite_of(ssl);
 	char why[8];
@@ -348,43 +340,52 @@ int ktls_enable(int fd, const mbedtls_ssl_context *ssl,
 	if (dir_keys(s, su, is_client(ssl) == tx, key, iv) != 0)
 		return -EINVAL;
 	const unsigned char *seq = seq_of(ssl, tx);
-	union crypto_info ci;
-	socklen_t len;
-	memset(&ci, 0, sizeof ci);
-	ci.info.version = su->tls13 ? TLS_1_3_VERSION : TLS_1_2_VERSION;
-	ci.info.cipher_type = (unsigned short)su->cipher;
+	memset(ci, 0, sizeof *ci);
+	ci->info.version = su->tls13 ? TLS_1_3_VERSION : TLS_1_2_VERSION;
+	ci->info.cipher_type = (unsigned short)su->cipher;
+	/*
+	 * AES-GCM: salt is the fixed IV (TLS 1.2) or the first 4 bytes of
+	 * the IV (TLS 1.3); iv is the explicit nonce to start from (TLS 1.2:
+	 * the sequence number, as mbedTLS sends it) or the IV's other 8
+	 * bytes. ChaCha20-Poly1305: the 12-byte IV.
+	 */
 	switch (su->cipher) {
 	case TLS_CIPHER_AES_GCM_128:
-		memcpy(ci.g128.key, key, 16);
-		if (su->tls13) {	/* the IV: 4 bytes of salt, 8 of iv */
-			memcpy(ci.g128.salt, iv, 4);
-			memcpy(ci.g128.iv, iv + 4, 8);
-		} else {	/* fixed IV, then the explicit nonce: the seq */
-			memcpy(ci.g128.salt, iv, 4);
-			memcpy(ci.g128.iv, seq, 8);
-		}
-		memcpy(ci.g128.rec_seq, seq, 8);
-		len = sizeof ci.g128;
+		memcpy(ci->g128.key, key, 16);
+		memcpy(ci->g128.salt, iv, 4);
+		memcpy(ci->g128.iv, su->tls13 ? iv + 4 : seq, 8);
+		memcpy(ci->g128.rec_seq, seq, 8);
+		*len = sizeof ci->g128;
 		break;
 	case TLS_CIPHER_AES_GCM_256:
-		memcpy(ci.g256.key, key, 32);
-		memcpy(ci.g256.salt, iv, 4);
-		memcpy(ci.g256.iv, su->tls13 ? iv + 4 : seq, 8);
-		memcpy(ci.g256.rec_seq, seq, 8);
-		len = sizeof ci.g256;
+		memcpy(ci->g256.key, key, 32);
+		memcpy(ci->g256.salt, iv, 4);
+		memcpy(ci->g256.iv, su->tls13 ? iv + 4 : seq, 8);
+		memcpy(ci->g256.rec_seq, seq, 8);
+		*len = sizeof ci->g256;
 		break;
 	default:
-		memcpy(ci.cc.key, key, 32);
-		memcpy(ci.cc.iv, iv, 12);
-		memcpy(ci.cc.rec_seq, seq, 8);
-		len = sizeof ci.cc;
+		memcpy(ci->cc.key, key, 32);
+		memcpy(ci->cc.iv, iv, 12);
+		memcpy(ci->cc.rec_seq, seq, 8);
+		*len = sizeof ci->cc;
 		break;
 	}
-	int rc = setsockopt(fd, SOL_TLS, tx ? TLS_TX : TLS_RX, &ci, len);
-	rc = rc == 0 ? 0 : -errno;
-	mbedtls_platform_zeroize(&ci, sizeof ci);
 	mbedtls_platform_zeroize(key, sizeof key);
 	mbedtls_platform_zeroize(iv, sizeof iv);
+	return 0;
+}
+
+int ktls_enable(int fd, const mbedtls_ssl_context *ssl,
+    const struct ktls_secrets *s, bool tx)
+{
+	union ktls_crypto_info ci;
+	socklen_t len;
+	int rc = ktls_crypto_info(ssl, s, tx, &ci, &len);
+	if (rc == 0 && setsockopt(fd, SOL_TLS, tx ? TLS_TX : TLS_RX, &ci,
+	    len) != 0)
+		rc = -errno;
+	mbedtls_platform_zeroize(&ci, sizeof ci);
 	return rc;
 }
 

@@ -16,8 +16,10 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
+#include <linux/tls.h>
 #include <mbedtls/ssl.h>
 
 /* TLS record content types (RFC 8446 5.1). */
@@ -60,6 +62,23 @@ int ktls_suite_ok(const mbedtls_ssl_context *ssl,
 
 /* Set TCP_ULP "tls" on the connected socket fd. 0 or -errno. */
 int ktls_ulp(int fd);
+
+/* What TLS_TX / TLS_RX take, for each cipher kTLS carries. */
+union ktls_crypto_info {
+	struct tls_crypto_info info;
+	struct tls12_crypto_info_aes_gcm_128 g128;
+	struct tls12_crypto_info_aes_gcm_256 g256;
+	struct tls12_crypto_info_chacha20_poly1305 cc;
+};
+
+/*
+ * Fill *ci (and *len, the size of the struct used) for one direction of
+ * ssl (tx: what we send) from s and mbedTLS's record counter as it stands.
+ * The caller wipes *ci. 0, or -EINVAL when the suite or s do not fit.
+ */
+int ktls_crypto_info(const mbedtls_ssl_context *ssl,
+    const struct ktls_secrets *s, bool tx, union ktls_crypto_info *ci,
+    socklen_t *len);
 
 /*
  * Give the kernel one direction of ssl (tx: what we send) on fd, whose
