@@ -179,6 +179,8 @@ if [ "$(stat_of TlsTxSw)" = 0 ] && [ ! -e /proc/net/tls_stat ]; then
 		kt_run notls.up_then_down U $BULK $BULK
 		kt_run notls.down_then_up D $BULK $BULK
 		kt_run notls.echo E $BULK 0
+		log_has notls.default_suite_chacha20 "$R/client.log" \
+			'event=handshake_done.*suite=TLS-ECDHE-ECDSA-WITH-CHACHA20'
 		log_has notls.tunnel_says_why "$R/client.log" \
 			'event=ktls tunnel=t ktls=off why="the kernel has no TLS ULP'
 		v=$(metric $CSTAT 'upseal_ktls_connections_total{tunnel="t",direction="tx"}')
@@ -256,6 +258,8 @@ mark
 kt_run pool.handoff_up_then_down U $BULK $BULK
 kt_run pool.handoff_echo E $BULK 0
 tls_delta pool.tls_stat 4 4
+log_has default_suite.aes128gcm_with_ktls "$R/client.log" \
+	'event=handshake_done.*suite=TLS-ECDHE-ECDSA-WITH-AES-128-GCM'
 v=$(metric $CSTAT 'upseal_pool_handoffs_total{tunnel="t"}')
 [ "$v" -ge 2 ] && ok pool.handed_off || bad pool.handed_off "handoffs $v"
 v=$(metric $CSTAT 'upseal_handshakes_total{tunnel="t",kind="resumed"}')
