@@ -229,6 +229,8 @@ int relay_ktls_begin(struct conn *c);
 bool relay_ktls_tx(const struct conn *c);
 /* Whether relay_ktls, not libuv, reads the TLS end (RX switching or on). */
 bool relay_ktls_owns_rx(const struct conn *c);
+/* Whether relay_ktls, not libuv, reads the plaintext end (TX spliced). */
+bool relay_ktls_owns_plain(const struct conn *c);
 /* Start or stop reading the TLS end as the t2p pipe allows. */
 int relay_ktls_reading(struct conn *c);
 /* TX on: send len plaintext bytes (copied) for the kernel to seal. */

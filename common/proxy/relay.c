@@ -33,7 +33,7 @@ static int pipe_reading(struct conn *c, struct pipe *p, bool on,
 
 static int plain_reading(struct conn *c, bool on)
 {
-	if (!c->plain_open)
+	if (!c->plain_open || relay_ktls_owns_plain(c))
 		return 0;
 	return pipe_reading(c, &c->p2t, on, REASON_PLAIN_ERROR);
 }

@@ -23,6 +23,17 @@
  * type. libuv still writes the socket (plaintext, which the kernel seals)
  * and shuts it down. Our close_notify goes out as an alert record through
  * a control message, once the queue before it has left.
+ *
+ * Splice: once a direction is on kTLS and libuv's queue of it is empty,
+ * its bytes move socket -> pipe -> socket with splice(2), never through
+ * upseal's memory: TX plaintext end -> pipe -> kTLS socket (libuv no
+ * longer reads the plaintext end; a uv_poll on a duplicate of it does),
+ * RX kTLS socket -> pipe -> plaintext end. Each pipe holds at most
+ * PIPE_HIGH bytes, the bound a direction's queue has on the copying path,
+ * and its source is not read while it holds any (the sink was full). A
+ * control record stops a splice read (EINVAL) and comes by recvmsg. Our
+ * FIN and close_notify wait until the pipe before them is empty. Without
+ * a pipe (descriptors short), the direction copies: silently.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -42,8 +53,15 @@
 enum tx_state { TX_OFF, TX_WAITING, TX_ON };
 enum rx_state { RX_OFF, RX_SWITCHING, RX_ON };
 
+/* One direction's splice pipe: r/w ends, bytes in it, the sink full. */
+struct spipe {
+	int fd[2];		/* -1, -1 while the direction copies */
+	size_t held;
+	bool blocked;
+};
+
 struct relay_ktls {
-	uv_poll_t poll;		/* on fd_dup: reads (RX), an alert to send */
+	uv_poll_t poll;		/* on fd_dup: reads (RX), room to write */
 	int fd;			/* the TLS end's socket (libuv's) */
 	int fd_dup;
 	bool poll_open;
@@ -52,7 +70,20 @@ struct relay_ktls {
 	enum rx_state rx;
 	bool close_pending;	/* our close_notify waits for the queue */
 	bool close_blocked;	/* ... or for room on the socket */
+
+	/* Splice: the plaintext end (its own poll) and a pipe a direction. */
+	uv_poll_t ppoll;	/* on pfd_dup: TX reads, RX room to write */
+	int pfd, pfd_dup;
+	bool ppoll_open;
+	int pevents;
+	struct spipe tx_pipe, rx_pipe;
+	bool rx_close_seen;	/* close_notify came; the FIN waits for rx_pipe */
 };
+
+static bool splicing(const struct spipe *sp)
+{
+	return sp->fd[0] >= 0;
+}
 
 /* TLS alerts (RFC 5246 7.2). */
 #define ALERT_WARNING 1
@@ -105,26 +136,117 @@ static void settle_secrets(struct conn *c)
 }
 
 static void on_poll(uv_poll_t *h, int status, int events);
+static void on_ppoll(uv_poll_t *h, int status, int events);
 
-/* Watch for what is wanted now: reads, room for our close_notify. */
+static int poll_set(struct conn *c, uv_poll_t *h, bool open, int *now,
+    int ev, uv_poll_cb cb)
+{
+	if (ev == *now || !open)
+		return 0;
+	int rc = ev == 0 ? uv_poll_stop(h) : uv_poll_start(h, ev, cb);
+	if (rc != 0) {
+		conn_error_uv(c, "poll", rc);
+		return CONN_END(REASON_TLS_ERROR);
+	}
+	*now = ev;
+	return 0;
+}
+
+/*
+ * Watch for what is wanted now: the TLS end readable while RX has room
+ * (on the splice path: its pipe empty and libuv's t2p queue too),
+ * writable for our close_notify or a TX pipe waiting; the plaintext end
+ * readable while the TX pipe is empty, writable for the RX pipe.
+ */
 static int poll_update(struct conn *c)
 {
 	struct relay_ktls *k = c->kt;
-	int ev = 0;
-	if (owns_rx(c) && c->tls_open && !c->t2p.held && !c->t2p.eof)
+	int ev = 0, pev = 0;
+	if (owns_rx(c) && c->tls_open && !c->t2p.held && !c->t2p.eof &&
+	    !k->rx_close_seen && (!splicing(&k->rx_pipe) ||
+	    (k->rx_pipe.held == 0 && c->t2p.queued == 0)))
 		ev |= UV_READABLE;
-	if (k->close_blocked)
+	if (k->close_blocked || k->tx_pipe.blocked)
 		ev |= UV_WRITABLE;
-	if (ev == k->events || !k->poll_open)
-		return 0;
-	int rc = ev == 0 ? uv_poll_stop(&k->poll) :
-	    uv_poll_start(&k->poll, ev, on_poll);
-	if (rc != 0) {
-		conn_error_uv(c, "TLS read", rc);
-		return CONN_END(REASON_TLS_ERROR);
+	if (splicing(&k->tx_pipe) && c->plain_open && !c->p2t.eof &&
+	    k->tx_pipe.held == 0)
+		pev |= UV_READABLE;
+	if (k->rx_pipe.blocked)
+		pev |= UV_WRITABLE;
+	int st = poll_set(c, &k->poll, k->poll_open, &k->events, ev, on_poll);
+	if (st == 0)
+		st = poll_set(c, &k->ppoll, k->ppoll_open, &k->pevents, pev,
+		    on_ppoll);
+	return st;
+}
+
+bool relay_ktls_owns_plain(const struct conn *c)
+{
+	return c->kt != NULL && splicing(&c->kt->tx_pipe);
+}
+
+/* A pipe for a direction, as deep as a direction's queue may be. */
+static void spipe_open(struct spipe *sp)
+{
+	sp->fd[0] = sp->fd[1] = -1;
+	if (pipe2(sp->fd, O_CLOEXEC | O_NONBLOCK) != 0) {
+		sp->fd[0] = sp->fd[1] = -1;
+		return;
 	}
-	k->events = ev;
-	return 0;
+	(void)fcntl(sp->fd[1], F_SETPIPE_SZ, PIPE_HIGH);
+}
+
+static void spipe_close(struct spipe *sp)
+{
+	for (int i = 0; i < 2; i++)
+		if (sp->fd[i] >= 0)
+			close(sp->fd[i]);
+	sp->fd[0] = sp->fd[1] = -1;
+	sp->held = 0;
+}
+
+/* The plaintext end's descriptor and its poll, once, for splicing. */
+static bool plain_poll_open(struct conn *c)
+{
+	struct relay_ktls *k = c->kt;
+	uv_os_fd_t fd;
+	if (k->ppoll_open)
+		return true;
+	if (!c->plain_open || uv_fileno(&c->plain.h, &fd) != 0)
+		return false;
+	k->pfd = fd;
+	k->pfd_dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (k->pfd_dup < 0)
+		return false;
+	if (uv_poll_init_socket(conn_loop(c), &k->ppoll, k->pfd_dup) != 0) {
+		close(k->pfd_dup);
+		k->pfd_dup = -1;
+		return false;
+	}
+	k->ppoll.data = c;
+	k->ppoll_open = true;
+	c->refs++;
+	return true;
+}
+
+/*
+ * Splice a direction from now on if a pipe and the plaintext poll can be
+ * had; say (debug) how the direction now moves.
+ */
+static bool splice_start(struct conn *c, struct spipe *sp)
+{
+	if (plain_poll_open(c))
+		spipe_open(sp);
+	if (log_enabled(LOG_DEBUG)) {
+		struct log_line l;
+		log_begin(&l, LOG_DEBUG, "ktls_switched");
+		log_str(&l, "tunnel", conn_cfg(c)->name);
+		log_u64(&l, "id", c->id);
+		log_str(&l, "direction", sp == &c->kt->tx_pipe ? "tx" : "rx");
+		log_str(&l, "bytes", splicing(sp) ? "splice" : "copy");
+		log_end(&l);
+	}
+	return splicing(sp);
 }
 
 int relay_ktls_reading(struct conn *c)
@@ -171,9 +293,19 @@ static int tx_try(struct conn *c)
 	} else if (c->p2t.queued == 0 && c->io.out == NULL) {
 		int rc = ktls_enable(k->fd, &c->io.ssl, c->io.ktls, true);
 		k->tx = rc == 0 ? TX_ON : TX_OFF;
-		if (rc == 0)
+		if (rc == 0) {
 			STAT_ADD(c->tun->stats->ktls_tx, 1);
-		else if (log_enabled(LOG_DEBUG))
+			/* From here the plaintext end is read by splice. */
+			if (splice_start(c, &k->tx_pipe)) {
+				rc = pipe_read(&c->p2t, false);
+				if (rc != 0) {
+					conn_error_uv(c, "plaintext read", rc);
+					return CONN_END(REASON_PLAIN_ERROR);
+				}
+			}
+			settle_secrets(c);
+			return poll_update(c);
+		} else if (log_enabled(LOG_DEBUG))
 			log_msg(LOG_DEBUG, "ktls_tx_failed", "tunnel %s id %llu: "
 			    "%s", conn_cfg(c)->name, (unsigned long long)c->id,
 			    strerror(-rc));
@@ -203,7 +335,7 @@ static int close_flush(struct conn *c)
 	struct relay_ktls *k = c->kt;
 	static const unsigned char close_notify[2] = { ALERT_WARNING,
 		ALERT_CLOSE_NOTIFY };
-	if (!k->close_pending || c->p2t.queued > 0)
+	if (!k->close_pending || c->p2t.queued > 0 || k->tx_pipe.held > 0)
 		return 0;
 	ssize_t n = ktls_send_record(k->fd, KTLS_TYPE_ALERT, close_notify,
 	    sizeof close_notify);
@@ -257,6 +389,7 @@ static int rx_switch(struct conn *c)
 	k->rx = RX_ON;
 	STAT_ADD(c->tun->stats->ktls_rx, 1);
 	settle_secrets(c);
+	(void)splice_start(c, &k->rx_pipe);	/* else recvmsg copies */
 	return poll_update(c);
 }
 
@@ -327,6 +460,10 @@ static int rx_control(struct conn *c, unsigned char type,
 	struct relay_ktls *k = c->kt;
 	bool tls12 = compat_is_tls12(&c->io.ssl);
 	if (type == KTLS_TYPE_ALERT && n >= 2) {
+		if (b[1] == ALERT_CLOSE_NOTIFY && k->rx_pipe.held > 0) {
+			k->rx_close_seen = true;	/* FIN after the pipe */
+			return 0;
+		}
 		if (b[1] == ALERT_CLOSE_NOTIFY)
 			return relay_t2p_end(c);
 		if (b[0] == ALERT_FATAL || !tls12) {
@@ -398,10 +535,167 @@ static int rx_read(struct conn *c)
 	return poll_update(c);
 }
 
+/* What a failed splice into or out of the plaintext end means. */
+static int plain_error(struct conn *c, int err, bool reading)
+{
+	conn_error_uv(c, reading ? "plaintext read" : "plaintext write", -err);
+	return CONN_END(err == ECONNRESET || (!reading && err == EPIPE) ?
+	    REASON_PLAIN_RESET : REASON_PLAIN_ERROR);
+}
+
+/*
+ * Empty sp into to: 0 when empty, 1 when to is full (sp->blocked, poll
+ * waits for room), or the status of an error (plaintext end when
+ * to_plain, else the TLS end).
+ */
+static int spipe_drain(struct conn *c, struct spipe *sp, int to,
+    bool to_plain)
+{
+	while (sp->held > 0) {
+		ssize_t n = splice(sp->fd[0], NULL, to, NULL, sp->held,
+		    SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN) {
+			sp->blocked = true;
+			return 1;
+		}
+		if (n <= 0 && to_plain)
+			return plain_error(c, n < 0 ? errno : EPIPE, false);
+		if (n <= 0) {
+			int err = n < 0 ? errno : EPIPE;
+			conn_error_uv(c, "TLS write", -err);
+			return CONN_END(err == ECONNRESET || err == EPIPE ?
+			    REASON_TLS_RESET : REASON_TLS_ERROR);
+		}
+		sp->held -= (size_t)n;
+	}
+	sp->blocked = false;
+	return 0;
+}
+
+/* RX by splice: kTLS socket -> pipe -> plaintext end, while both allow. */
+static int rx_pump(struct conn *c)
+{
+	struct relay_ktls *k = c->kt;
+	struct tunnel_stats *stats = c->tun->stats;
+	for (;;) {
+		size_t before = k->rx_pipe.held;
+		int st = spipe_drain(c, &k->rx_pipe, k->pfd, true);
+		c->t2p.bytes += before - k->rx_pipe.held;
+		STAT_ADD(stats->bytes_out, before - k->rx_pipe.held);
+		if (st != 0)
+			return st < 0 ? st : poll_update(c);
+		if (k->rx_close_seen) {
+			k->rx_close_seen = false;
+			st = relay_t2p_end(c);
+			return st != 0 ? st : poll_update(c);
+		}
+		if (c->t2p.eof || c->t2p.queued > 0)
+			return poll_update(c);
+		ssize_t n = splice(k->fd, NULL, k->rx_pipe.fd[1], NULL,
+		    PIPE_HIGH, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+		if (n > 0) {
+			k->rx_pipe.held = (size_t)n;
+			conn_touch(c);
+			continue;
+		}
+		if (n == 0) {
+			conn_errorf(c, "the TLS peer closed the connection "
+			    "without close_notify");
+			return CONN_END(REASON_TRUNCATED);
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return poll_update(c);
+		if (errno != EINVAL)
+			return sock_error(c, errno);
+		/* A control record: splice stops at it; recvmsg takes it. */
+		unsigned char b[64], type;
+		n = ktls_recv(k->fd, b, sizeof b, &type);
+		if (n < 0)
+			return n == -EAGAIN ? poll_update(c) :
+			    sock_error(c, (int)-n);
+		if (type == KTLS_TYPE_DATA)	/* cannot be: splice took data */
+			return sock_error(c, EPROTO);
+		st = rx_control(c, type, b, (size_t)n);
+		if (st != 0)
+			return st;
+	}
+}
+
+/* TX by splice: plaintext end -> pipe -> kTLS socket, while both allow. */
+static int tx_pump(struct conn *c)
+{
+	struct relay_ktls *k = c->kt;
+	struct tunnel_stats *stats = c->tun->stats;
+	for (;;) {
+		int st = spipe_drain(c, &k->tx_pipe, k->fd, false);
+		if (st != 0)
+			return st < 0 ? st : poll_update(c);
+		if (c->p2t.eof) {	/* the FIN came: close_notify now */
+			st = close_flush(c);
+			return st != 0 ? st : poll_update(c);
+		}
+		ssize_t n = splice(k->pfd, NULL, k->tx_pipe.fd[1], NULL,
+		    PIPE_HIGH, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+		if (n > 0) {
+			k->tx_pipe.held = (size_t)n;
+			c->p2t.bytes += (uint64_t)n;
+			STAT_ADD(stats->bytes_in, (uint64_t)n);
+			conn_touch(c);
+			continue;
+		}
+		if (n == 0) {
+			int rc = pipe_end(&c->p2t);
+			if (rc != 0) {
+				conn_error_uv(c, "plaintext read", rc);
+				return CONN_END(REASON_PLAIN_ERROR);
+			}
+			k->close_pending = true;
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return poll_update(c);
+		return plain_error(c, errno, true);
+	}
+}
+
+/* The plaintext end's poll (splice only). */
+static void on_ppoll(uv_poll_t *h, int status, int events)
+{
+	struct conn *c = h->data;
+	struct relay_ktls *k = c->kt;
+	int st = 0;
+	if (c->dropped)
+		return;
+	if (status < 0) {
+		int err = 0;
+		socklen_t len = sizeof err;
+		k->pevents = 0;
+		if (getsockopt(k->pfd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 ||
+		    err == 0)
+			err = -status;
+		conn_event(c, plain_error(c, err, true));
+		return;
+	}
+	if (events & UV_WRITABLE)
+		st = rx_pump(c);
+	if (st == 0 && (events & UV_READABLE))
+		st = tx_pump(c);
+	conn_event(c, st);
+}
+
 int relay_ktls_t2p_written(struct conn *c)
 {
 	if (c->kt->rx == RX_SWITCHING)
 		return rx_advance(c);
+	if (c->kt->rx == RX_ON && splicing(&c->kt->rx_pipe) &&
+	    c->t2p.queued == 0)
+		return rx_pump(c);
 	return poll_update(c);
 }
 
@@ -425,11 +719,18 @@ static void on_poll(uv_poll_t *h, int status, int events)
 	}
 	if (events & UV_WRITABLE) {
 		k->close_blocked = false;
-		st = close_flush(c);
+		st = k->tx_pipe.blocked ? tx_pump(c) : close_flush(c);
 	}
-	if (st == 0 && (events & UV_READABLE))
-		st = k->rx == RX_SWITCHING ? rx_advance(c) :
-		    k->rx == RX_ON ? rx_read(c) : poll_update(c);
+	if (st == 0 && (events & UV_READABLE)) {
+		if (k->rx == RX_SWITCHING)
+			st = rx_advance(c);
+		else if (k->rx == RX_ON && splicing(&k->rx_pipe))
+			st = c->t2p.queued == 0 ? rx_pump(c) : poll_update(c);
+		else if (k->rx == RX_ON)
+			st = rx_read(c);
+		else
+			st = poll_update(c);
+	}
 	conn_event(c, st);
 }
 
@@ -463,6 +764,9 @@ int relay_ktls_begin(struct conn *c)
 		return 0;	/* mbedTLS carries on */
 	}
 	k->fd = fd;
+	k->pfd = k->pfd_dup = -1;
+	k->tx_pipe.fd[0] = k->tx_pipe.fd[1] = -1;
+	k->rx_pipe.fd[0] = k->rx_pipe.fd[1] = -1;
 	k->fd_dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	if (k->fd_dup < 0 || uv_poll_init_socket(conn_loop(c), &k->poll,
 	    k->fd_dup) != 0) {
@@ -500,13 +804,23 @@ int relay_ktls_begin(struct conn *c)
 void relay_ktls_close(struct conn *c, uv_close_cb cb)
 {
 	struct relay_ktls *k = c->kt;
-	if (k == NULL || !k->poll_open)
+	if (k == NULL)
 		return;
-	k->poll_open = false;
 	/* uv_close stops the watcher at once: the descriptor may go. */
-	uv_close((uv_handle_t *)&k->poll, cb);
-	close(k->fd_dup);
-	k->fd_dup = -1;
+	if (k->poll_open) {
+		k->poll_open = false;
+		uv_close((uv_handle_t *)&k->poll, cb);
+		close(k->fd_dup);
+		k->fd_dup = -1;
+	}
+	if (k->ppoll_open) {
+		k->ppoll_open = false;
+		uv_close((uv_handle_t *)&k->ppoll, cb);
+		close(k->pfd_dup);
+		k->pfd_dup = -1;
+	}
+	spipe_close(&k->tx_pipe);
+	spipe_close(&k->rx_pipe);
 }
 
 void relay_ktls_free(struct conn *c)

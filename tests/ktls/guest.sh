@@ -205,6 +205,12 @@ fi
 
 suite_run aes128 ECDHE-ECDSA-AES128-GCM-SHA256 28 28 2 2
 log_has aes128.tunnel_line "$R/client.log" 'event=ktls tunnel=t ktls=on'
+for d in tx rx; do
+	n=$(grep -c "event=ktls_switched.*direction=$d bytes=splice" \
+		"$R/client.log" "$R/server.log" | awk -F: '{ s += $2 } END { print s }')
+	[ "$n" -eq 6 ] && ok "aes128.splice_$d" || bad "aes128.splice_$d" \
+		"$n of 6 switched to splice"
+done
 suite_run aes256 ECDHE-ECDSA-AES256-GCM-SHA384 28 28 2 2
 suite_run chacha ECDHE-ECDSA-CHACHA20-POLY1305 28 28 2 2
 
