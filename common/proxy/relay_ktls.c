@@ -28,8 +28,8 @@
  * its bytes move socket -> pipe -> socket with splice(2), never through
  * upseal's memory: TX plaintext end -> pipe -> kTLS socket (libuv no
  * longer reads the plaintext end; a uv_poll on a duplicate of it does),
- * RX kTLS socket -> pipe -> plaintext end. Each pipe holds at most
- * PIPE_HIGH bytes, the bound a direction's queue has on the copying path,
+ * RX kTLS socket -> pipe -> plaintext end. Each pipe holds at most its
+ * 64 KiB, under the bound a direction's queue has on the copying path,
  * and its source is not read while it holds any (the sink was full). A
  * control record stops a splice read (EINVAL) and comes by recvmsg. Our
  * FIN and close_notify wait until the pipe before them is empty. Without
@@ -185,15 +185,16 @@ bool relay_ktls_owns_plain(const struct conn *c)
 	return c->kt != NULL && splicing(&c->kt->tx_pipe);
 }
 
-/* A pipe for a direction, as deep as a direction's queue may be. */
+/*
+ * A pipe for a direction, of the kernel's default size (64 KiB, 16
+ * pages): below PIPE_HIGH, and a pipe an unprivileged user makes counts
+ * against fs.pipe-user-pages-soft (16384 pages), so bigger pipes would
+ * shrink to 2 pages after a few hundred connections.
+ */
 static void spipe_open(struct spipe *sp)
 {
-	sp->fd[0] = sp->fd[1] = -1;
-	if (pipe2(sp->fd, O_CLOEXEC | O_NONBLOCK) != 0) {
+	if (pipe2(sp->fd, O_CLOEXEC | O_NONBLOCK) != 0)
 		sp->fd[0] = sp->fd[1] = -1;
-		return;
-	}
-	(void)fcntl(sp->fd[1], F_SETPIPE_SZ, PIPE_HIGH);
 }
 
 static void spipe_close(struct spipe *sp)
