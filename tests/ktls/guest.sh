@@ -56,7 +56,7 @@ ini() {
 		listen=127.0.0.1:$SPORT connect=127.0.0.1:$BPORT
 		status=127.0.0.1:$SSTAT id=srv pin=$(cat $T/ids/cli.pin)
 	else
-		listen=127.0.0.1:$CPORT connect=127.0.0.1:$SPORT
+		listen=127.0.0.1:$CPORT connect=127.0.0.1:${CCONNECT:-$SPORT}
 		status=127.0.0.1:$CSTAT id=cli pin=$(cat $T/ids/srv.pin)
 	fi
 	{
@@ -248,6 +248,38 @@ else
 	bad reset.reasons "$(grep -h conn_end "$R/server.log" "$R/client.log" | tail -n 2)"
 fi
 stop_pair
+
+# A record that fails its check after the switch: the same end as on
+# mbedTLS (bad_record), with kTLS on the receiving side and without it.
+FPORT=7444
+for mode in auto off; do
+	"$T/kt" flip $FPORT $SPORT $((2 * MIB)) >"$R/flip.log" 2>&1 &
+	FLPID=$!
+	wait_for "$R/flip.log" ready
+	CCONNECT=$FPORT ini client "ktls = $mode"
+	ini server
+	start_pair 28 28 || bad "badrecord_$mode.start" "$(tail -n 3 "$R/client.log")"
+	de=$(stat_of TlsDecryptError)
+	out=$("$T/kt" client $CPORT D 0 $BULK 2>&1)
+	if wait_for "$R/client.log" 'event=conn_end.*reason=bad_record'; then
+		ok "badrecord_$mode.client_ends_bad_record"
+	else
+		bad "badrecord_$mode.client_ends_bad_record" \
+			"$out / $(grep -h conn_end "$R/client.log" | tail -n 1)"
+	fi
+	de=$(($(stat_of TlsDecryptError) - de))
+	want=1
+	[ $mode = off ] && want=0
+	[ $de -eq $want ] && ok "badrecord_$mode.kernel_decrypt_errors_$want" ||
+		bad "badrecord_$mode.kernel_decrypt_errors_$want" "TlsDecryptError +$de"
+	case "$out" in
+	"ok "*) bad "badrecord_$mode.proxy_sees_a_cut" "$out" ;;
+	*) ok "badrecord_$mode.proxy_sees_a_cut" ;;
+	esac
+	kill $FLPID 2>/dev/null
+	wait $FLPID 2>/dev/null
+	stop_pair
+done
 
 # Resumption, the pool's handoff and a reload during a stream.
 ini server

@@ -7,6 +7,8 @@
  *                              the first line says what to do
  *   kt client PORT MODE N M    run one connection; exit 0 if every byte
  *                              and the end came as expected
+ *   kt flip LPORT TPORT OFF    relay one connection, flipping a bit of the
+ *                              byte at offset OFF of what TPORT sends
  *
  * Modes (N: bytes client -> backend, M: backend -> client, each a
  * pseudo-random stream, so a lost, repeated or reordered record shows):
@@ -397,14 +399,64 @@ static int client(int port, char mode, uint64_t n, uint64_t m)
 	return rc == 0 ? 0 : 1;
 }
 
+/*
+ * One connection from LPORT relayed to TPORT, both ways, with the byte at
+ * offset flip_at of what TPORT sends flipped (one bit): a record the
+ * receiver must refuse.
+ */
+static int flip(int lport, int tport, unsigned long long flip_at)
+{
+	int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+	struct sockaddr_in a = { .sin_family = AF_INET,
+		.sin_port = htons((uint16_t)lport),
+		.sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (ls < 0 || bind(ls, (struct sockaddr *)&a, sizeof a) != 0 ||
+	    listen(ls, 4) != 0) {
+		perror("kt flip");
+		return 1;
+	}
+	printf("ready\n");
+	fflush(stdout);
+	int c = accept(ls, NULL, NULL), t = connect_to(tport);
+	if (c < 0 || t < 0)
+		return 1;
+	unsigned long long down = 0;
+	unsigned char b[65536];
+	for (;;) {
+		struct pollfd p[2] = { { .fd = c, .events = POLLIN },
+			{ .fd = t, .events = POLLIN } };
+		if (poll(p, 2, -1) < 0)
+			return 1;
+		for (int i = 0; i < 2; i++) {
+			if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			ssize_t n = read(p[i].fd, b, sizeof b);
+			if (n <= 0)
+				return 0;	/* either end gone: done */
+			if (i == 1) {
+				if (flip_at >= down && flip_at < down + (uint64_t)n)
+					b[flip_at - down] ^= 1;
+				down += (uint64_t)n;
+			}
+			if (write(p[1 - i].fd, b, (size_t)n) != n)
+				return 0;
+		}
+	}
+}
+
 int main(int argc, char **argv)
 {
 	signal(SIGPIPE, SIG_IGN);
 	if (argc == 3 && strcmp(argv[1], "backend") == 0)
 		return backend(atoi(argv[2]));
+	if (argc == 5 && strcmp(argv[1], "flip") == 0)
+		return flip(atoi(argv[2]), atoi(argv[3]),
+		    strtoull(argv[4], NULL, 10));
 	if (argc == 6 && strcmp(argv[1], "client") == 0)
 		return client(atoi(argv[2]), argv[3][0],
 		    strtoull(argv[4], NULL, 10), strtoull(argv[5], NULL, 10));
-	fprintf(stderr, "usage: kt backend PORT | kt client PORT MODE N M\n");
+	fprintf(stderr, "usage: kt backend PORT | kt client PORT MODE N M | "
+	    "kt flip LPORT TPORT OFFSET\n");
 	return 2;
 }
