@@ -297,7 +297,9 @@ static int rx_advance(struct conn *c)
 		if (c->io.in_len > 0 || c->io.in_eof || need == 0) {
 			/* mbedTLS first: what it holds, what tlsio holds. */
 			size_t before = c->io.in_len;
+			uint64_t out_before = c->t2p.bytes;
 			int st = relay_tls_input(c);
+			k->rx_carried += c->t2p.bytes - out_before;
 			if (st == 0)
 				st = relay_settle(c);
 			if (st != 0)
@@ -329,6 +331,7 @@ static int rx_advance(struct conn *c)
 			return relay_ktls_sock_error(c, errno);
 		if (n > 0)
 			conn_touch(c);
+		k->rx_exact += (uint64_t)n;
 		tlsio_input(&c->io, buf, (size_t)n);
 	}
 }

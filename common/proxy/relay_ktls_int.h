@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <uv.h>
 
@@ -42,6 +43,8 @@ struct relay_ktls {
 	int pevents;
 	struct spipe tx_pipe, rx_pipe;
 	bool rx_close_seen;	/* close_notify came; the FIN waits for rx_pipe */
+	/* RX switching: plaintext mbedTLS still gave, bytes read exactly. */
+	uint64_t rx_carried, rx_exact;
 };
 
 static inline bool splicing(const struct spipe *sp)

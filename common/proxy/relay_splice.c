@@ -89,6 +89,10 @@ bool relay_splice_start(struct conn *c, struct spipe *sp)
 		log_u64(&l, "id", c->id);
 		log_str(&l, "direction", sp == &c->kt->tx_pipe ? "tx" : "rx");
 		log_str(&l, "bytes", splicing(sp) ? "splice" : "copy");
+		if (sp == &c->kt->rx_pipe) {	/* what the switch took */
+			log_u64(&l, "mbedtls_bytes", c->kt->rx_carried);
+			log_u64(&l, "exact_read", c->kt->rx_exact);
+		}
 		log_end(&l);
 	}
 	return splicing(sp);

@@ -83,6 +83,7 @@ stop_pair() {
 	done
 	CPID=
 	SPID=
+	cat "$R/server.log" "$R/client.log" >>"$R/all.log" 2>/dev/null
 }
 
 # start_pair BUILD_S BUILD_C: start the sidecars on $R/*.ini; 0 when ready.
@@ -329,6 +330,13 @@ else
 	echo "KT skip tls13: no mbedTLS 3.6 build (tests/mbedtls36.sh makes one)"
 fi
 
+# Not a check (it depends on timing): how many RX switches had plaintext
+# left in mbedTLS, and how many completed a record read in part.
+rxs=$(grep -c 'event=ktls_switched.*direction=rx' "$R/all.log")
+echo "KT info of $rxs RX switches, $(grep 'event=ktls_switched.*direction=rx' \
+	"$R/all.log" | grep -vc 'mbedtls_bytes=0 ') had plaintext left in" \
+	"mbedTLS, $(grep 'event=ktls_switched.*direction=rx' "$R/all.log" |
+	grep -vc 'exact_read=0$') completed a record by an exact read"
 kill $BEPID 2>/dev/null
 echo "KT result $PASSED passed, $FAILED failed"
 echo "KT done"
