@@ -52,8 +52,9 @@ MIB = 1024 ** 2
 # 2.28) and two upseal sidecars negotiate it.
 PEER_CIPHER = "ECDHE-ECDSA-AES128-GCM-SHA256"
 NGINX_STREAM_SO = "/usr/lib/nginx/modules/ngx_stream_module.so"
-ALL = ["upseal", "upseal+res", "upseal+pool", "upseal+pp", "upseal36", "stunnel", "stunnel+res", "haproxy",
-       "haproxy+res", "nginx", "nginx+res", "direct"]
+ALL = ["upseal", "upseal+res", "upseal+pool", "upseal+pp", "upseal+ktls", "upseal36",
+       "stunnel", "stunnel+res", "haproxy", "haproxy+res", "nginx", "nginx+res",
+       "direct"]
 # upseal36: the same sources built against mbedTLS 3.6 by tests/mbedtls36.sh
 # (two sidecars then speak TLS 1.3; no TLS 1.3 tickets, so no +res row).
 BUILD36 = os.environ.get("BENCH_BUILD36") or os.path.join(ROOT, "build-mbedtls36")
@@ -74,6 +75,25 @@ POOL_SIZE = 8
 # Paced connection test: one connection at a time, this many ms apart.
 GAP_MS = 5
 UPSEAL_HAS_POOL = False
+# upseal+ktls: `ktls = auto` (the kernel's TLS record layer after mbedTLS's
+# handshake, issue 14); every other upseal row says `ktls = off`, so that
+# they measure mbedTLS's records whatever the kernel. The row runs only where
+# the kernel has the TLS ULP and the build knows the key; after its run the
+# runner reads upseal_ktls_connections_total to say whether kTLS engaged.
+UPSEAL_HAS_KTLS = False
+
+
+def kernel_has_ktls():
+    """The kernel answers TCP_ULP "tls" on an unconnected socket with
+    ENOTCONN when it has the ULP (ENOENT when not)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, 31, b"tls")   # TCP_ULP
+        return True
+    except OSError as e:
+        return e.errno == 107   # ENOTCONN
+    finally:
+        s.close()
 
 
 def log(msg):
@@ -219,6 +239,8 @@ class Contender:
         # read; server -> backend: v2 header sent), with resumption.
         self.pp = name.endswith("+pp")
         self.resume = name.endswith("+res") or self.pool or self.pp
+        self.ktls = name.endswith("+ktls")
+        self.status_ports = []
         self.ids = ids
         self.tmp = tmp
         self.build = build
@@ -245,6 +267,8 @@ class Direct(Contender):
 
 
 class Upseal(Contender):
+    knows_ktls = True
+
     def start(self, be_port):
         # log_level = warn, as the peers log only warnings and errors: the
         # `listening`/`ready` lines are info, so ports are picked here.
@@ -257,12 +281,19 @@ class Upseal(Contender):
                 "key = %s\npin = %s\n")
         if UPSEAL_HAS_RESUMPTION:
             conf += "resumption = %s\n" % ("yes" if self.resume else "no")
+        if UPSEAL_HAS_KTLS and self.knows_ktls:
+            conf += "ktls = %s\n" % ("auto" if self.ktls else "off")
+        if self.ktls:   # a status endpoint, to tell whether kTLS engaged
+            self.status_ports = [free_port(), free_port()]
+            conf = conf.replace("[bench]", "status = 127.0.0.1:%d\n[bench]")
         w = ("workers = %d\n" % UPSEAL_WORKERS) if UPSEAL_HAS_WORKERS else ""
-        srv = self.write("upseal-server.ini", conf % (
-            w, sp, be_port, i["srv_crt"], i["srv_key"], i["cli_pin"]) +
+        st = tuple(self.status_ports[:1]) if self.ktls else ()
+        srv = self.write("upseal-server.ini", conf % ((
+            w,) + st + (sp, be_port, i["srv_crt"], i["srv_key"], i["cli_pin"])) +
             ("proxy_protocol = v2\n" if self.pp else ""))
-        cli = self.write("upseal-client.ini", conf % (
-            w, cp, sp, i["cli_crt"], i["cli_key"], i["srv_pin"]) +
+        st = tuple(self.status_ports[1:]) if self.ktls else ()
+        cli = self.write("upseal-client.ini", conf % ((
+            w,) + st + (cp, sp, i["cli_crt"], i["cli_key"], i["srv_pin"])) +
             ("pool = %d\n" % POOL_SIZE if self.pool else "") +
             ("proxy_protocol = accept\n" if self.pp else ""))
         self.procs.append(Proc("upseal-server", [
@@ -274,6 +305,34 @@ class Upseal(Contender):
         return "127.0.0.1:%d" % cp
 
 
+    def stop(self):
+        if self.ktls and self.procs:
+            self.say_ktls()
+        super().stop()
+
+    def say_ktls(self):
+        """Log how many connections each side carried on kTLS."""
+        import urllib.request
+        seen = []
+        for side, port in zip(("server", "client"), self.status_ports):
+            n = 0
+            try:
+                with urllib.request.urlopen(
+                        "http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+                    for ln in r.read().decode().splitlines():
+                        if ln.startswith("upseal_ktls_connections_total{"):
+                            n += int(float(ln.split()[-1]))
+            except OSError as e:
+                seen.append("%s: no metrics (%s)" % (side, e))
+                continue
+            seen.append("%s %d" % (side, n))
+        engaged = all(s.split()[-1].isdigit() and s.split()[-1] != "0"
+                      for s in seen)
+        log("%s: connections on kTLS (tx + rx): %s%s" % (
+            self.name, ", ".join(seen),
+            "" if engaged else " (NOT engaged: this row measured mbedTLS)"))
+
+
 class Upseal36(Upseal):
     """upseal built against mbedTLS 3.6 (a copy in the snapshot's b36/)."""
 
@@ -283,6 +342,8 @@ class Upseal36(Upseal):
 
 class UpsealPrev(Upseal):
     """The previous version of upseal (a copy in the snapshot's prev/)."""
+
+    knows_ktls = False   # before issue 14: no `ktls` key, no kTLS
 
     def __init__(self, name, ids, tmp, build):
         super().__init__(name, ids, tmp, os.path.join(build, "prev"))
@@ -757,6 +818,21 @@ def main():
         if not UPSEAL_HAS_POOL and "upseal+pool" in names:
             log("skipping upseal+pool: this build has no `pool` key")
             names.remove("upseal+pool")
+        global UPSEAL_HAS_KTLS
+        with open(probe, "w") as f:
+            f.write("[t]\nlisten = 127.0.0.1:1\nconnect = 127.0.0.1:2\n"
+                    "cert = %s\nkey = %s\npin = %s\nktls = off\n"
+                    % (ids["srv_crt"], ids["srv_key"], ids["cli_pin"]))
+        UPSEAL_HAS_KTLS = subprocess.run(
+            [os.path.join(snap, "upseal-server"), "--check", "-c", probe],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=30).returncode == 0
+        if "upseal+ktls" in names and not (UPSEAL_HAS_KTLS and
+                                           kernel_has_ktls()):
+            log("skipping upseal+ktls: %s" % (
+                "this build has no `ktls` key" if not UPSEAL_HAS_KTLS else
+                "this kernel has no kTLS (TCP_ULP tls)"))
+            names.remove("upseal+ktls")
 
         be = Proc("backend", [os.path.join(cfg.build, "bench", "backend")], tmp)
         procs.append(be)

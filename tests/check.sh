@@ -98,6 +98,12 @@ run docs tests/docs.sh
 run fuzz tests/fuzz/run.sh "${FUZZ_SECONDS:-15}"
 run valgrind tests/valgrind.sh build
 
+# Kernel TLS (issue 14) in a QEMU guest with Debian's stock kernel, whose
+# tls module this machine's kernel may lack: the plain build, TLS 1.2
+# (tests/mbedtls36.sh's build adds TLS 1.3 when it exists: .ci/run runs
+# this again after it).
+run ktls tests/ktls/run.sh build
+
 # Last: the Dockerfile's image built with podman on a debootstrap base, the
 # two-host scenario in pods, examples/compose.yaml and examples/k8s run
 # (prints a skip line where podman cannot run).

@@ -82,6 +82,8 @@ struct cfg_tunnel {
 	uint64_t proxy_header_timeout_ms;
 	/* Server: use the client address a client sidecar carries; yes. */
 	bool trust_client_address;
+	/* ktls = off: never hand the record layer to the kernel (auto). */
+	bool ktls_off;
 };
 
 struct cfg {

@@ -312,6 +312,17 @@ static int set_proxy_protocol(const struct cfg_key *k, void *field,
 	    "%s", v, k->form);
 }
 
+/* ktls = auto | off: the field is bool ktls_off. */
+static int set_ktls(const struct cfg_key *k, void *field, const char *v,
+    char *why)
+{
+	if (strcmp(v, "auto") != 0 && strcmp(v, "off") != 0)
+		return whyf(why, "\"%s\" is not a kTLS mode; expected %s", v,
+		    k->form);
+	*(bool *)field = strcmp(v, "off") == 0;
+	return 0;
+}
+
 #define T(m) offsetof(struct cfg_tunnel, m)
 
 #define KEY(n, fn, o, f, ...) \
@@ -371,6 +382,7 @@ const struct cfg_key cfg_tunnel_keys[K_TUNNEL_KEYS] = {
 	[K_EXPIRY_WARNING] = KEY("expiry_warning", set_duration,
 	    T(expiry_warning_ms), "a duration such as 14d or 72h",
 	    .min = 0, .max = 3650 * DAY_MS),
+	[K_KTLS] = KEY("ktls", set_ktls, T(ktls_off), "auto or off"),
 };
 
 /* The field is the cfg itself: status and has_status go together. */

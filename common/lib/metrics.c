@@ -223,4 +223,8 @@ void metrics_render(struct sbuf *b, const struct metrics_tunnel *t, size_t n,
 	    "The original client's address carried across the tunnel: "
 	    "client, sent in the preamble; server, received and used.",
 	    FIELD(carried));
+	two_ways(b, t, n, "upseal_ktls_connections_total", "Connections whose "
+	    "TLS records the kernel took over (kTLS), by direction: tx, what "
+	    "we send; rx, what we receive.", "direction", "tx",
+	    FIELD(ktls_tx), "rx", FIELD(ktls_rx));
 }

@@ -54,6 +54,9 @@ struct tunnel_stats {
 	/* The PROXY protocol (origin.c). */
 	stat_counter proxy_headers;	/* client: accepted; server: sent */
 	stat_counter carried;		/* client: sent an address; server: used one */
+	/* kTLS: connections switched, per direction; the tunnel's line logged. */
+	stat_counter ktls_tx, ktls_rx;
+	_Atomic bool ktls_logged;
 };
 
 /* Add n to a counter (any thread). */

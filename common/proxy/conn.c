@@ -149,6 +149,7 @@ static void conn_free(struct conn *c)
 {
 	struct tunnel *t = c->tun;
 	bool pooled = c->pool;
+	relay_ktls_free(c);
 	tlsio_free(&c->io);
 	free(c->hdr);
 	chunk_free(c->pp_out);
@@ -220,6 +221,7 @@ static void end(struct conn *c, enum reason why, bool refused)
 	}
 	close_handle(&c->plain.h, &c->plain_open);
 	close_handle(&c->tls.h, &c->tls_open);
+	relay_ktls_close(c, on_closed);
 }
 
 void conn_drop(struct conn *c, enum reason why)
@@ -449,6 +451,8 @@ static void handshake_enter(struct conn *c)
 	int rc = tlsio_init(&c->io, c->conf->tls,
 	    c->pool || c->carried.family != PP_NONE, c->error,
 	    sizeof c->error);
+	if (rc == 0)
+		relay_ktls_prepare(c);
 	int st = rc != 0 ? conn_end_tls(c, "TLS set-up", rc) :
 	    relay_tls_reading(c);
 	if (st != 0)

@@ -95,6 +95,8 @@ struct conn {
 	 */
 	struct chunk *pp_out;
 	bool resumed;			/* the handshake was a resumption */
+	/* kTLS (relay_ktls.c): NULL while mbedTLS carries both directions. */
+	struct relay_ktls *kt;
 
 	bool dropped;
 	char peer_text[ADDR_TEXT_MAX];
@@ -260,6 +262,40 @@ int origin_send_preamble(struct conn *c);
  * with whatever the client sent already.
  */
 int origin_send_header(struct conn *c);
+/* Hand one chunk of decrypted bytes (taken) to the plaintext end. */
+int relay_to_plain(struct conn *c, struct chunk *ch);
+/* close_notify arrived: pass the FIN on, after what is queued. */
+int relay_t2p_end(struct conn *c);
+
+/* relay_ktls.c: the kernel's record layer (kTLS) under PH_RELAY */
+
+/* Before the handshake: keep its secrets if c may use kTLS. */
+void relay_ktls_prepare(struct conn *c);
+/*
+ * PH_RELAY began and mbedTLS relayed what it held: switch each
+ * direction to kTLS at its next record boundary, or leave it to mbedTLS
+ * (silently; the tunnel's one ktls line says why).
+ */
+int relay_ktls_begin(struct conn *c);
+/* Whether the kernel seals what we send (TX switched). */
+bool relay_ktls_tx(const struct conn *c);
+/* Whether relay_ktls, not libuv, reads the TLS end (RX switching or on). */
+bool relay_ktls_owns_rx(const struct conn *c);
+/* Whether relay_ktls, not libuv, reads the plaintext end (TX spliced). */
+bool relay_ktls_owns_plain(const struct conn *c);
+/* Start or stop reading the TLS end as the t2p pipe allows. */
+int relay_ktls_reading(struct conn *c);
+/* TX on: send len plaintext bytes (copied) for the kernel to seal. */
+int relay_ktls_send(struct conn *c, const unsigned char *buf, size_t len);
+/* TX on, the plaintext end's FIN: close_notify after the queue, then FIN. */
+int relay_ktls_close_notify(struct conn *c);
+/* A write of p2t / t2p completed (c->kt set): switch, flush, read on. */
+int relay_ktls_p2t_written(struct conn *c);
+int relay_ktls_t2p_written(struct conn *c);
+/* Teardown: close the poll handle (cb: conn.c's close callback). */
+void relay_ktls_close(struct conn *c, uv_close_cb cb);
+/* conn_free: free what is left. */
+void relay_ktls_free(struct conn *c);
 
 /* pool.c (the public part is in pool.h) */
 

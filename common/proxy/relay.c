@@ -33,7 +33,7 @@ static int pipe_reading(struct conn *c, struct pipe *p, bool on,
 
 static int plain_reading(struct conn *c, bool on)
 {
-	if (!c->plain_open)
+	if (!c->plain_open || relay_ktls_owns_plain(c))
 		return 0;
 	return pipe_reading(c, &c->p2t, on, REASON_PLAIN_ERROR);
 }
@@ -48,6 +48,8 @@ int relay_tls_reading(struct conn *c)
 	bool want;
 	if (!c->tls_open)
 		return 0;
+	if (relay_ktls_owns_rx(c))
+		return relay_ktls_reading(c);
 	switch (c->phase) {
 	case PH_HANDSHAKE:
 	case PH_POOLED:
@@ -107,8 +109,15 @@ int relay_written(struct conn *c, struct pipe *p, int status)
 {
 	if (status < 0)
 		return write_failed(c, status, p == &c->p2t);
-	if (p == &c->p2t)	/* records left: the plaintext may go on */
+	if (p == &c->p2t) {	/* records left: the plaintext may go on */
+		int st = c->kt != NULL ? relay_ktls_p2t_written(c) : 0;
+		if (st != 0)
+			return st;
 		return c->phase == PH_RELAY ? plain_reading(c, true) : 0;
+	}
+	if (c->kt != NULL && pipe_below_low(p) && !p->eof &&
+	    relay_ktls_owns_rx(c))
+		return relay_ktls_t2p_written(c);
 	if (pipe_below_low(p) && !p->eof) {
 		int st = tls_drain(c);
 		return st != 0 ? st : relay_settle(c);
@@ -138,8 +147,7 @@ int relay_shutdown_done(struct conn *c, struct pipe *p, int status)
 	return c->p2t.done && c->t2p.done ? CONN_END(REASON_CLOSED) : 0;
 }
 
-/* close_notify arrived: pass the FIN on, after what is queued. */
-static int t2p_end(struct conn *c)
+int relay_t2p_end(struct conn *c)
 {
 	int rc = pipe_end(&c->t2p);
 	if (rc != 0) {
@@ -162,6 +170,8 @@ static int p2t_end(struct conn *c)
 		conn_error_uv(c, "plaintext read", rc);
 		return CONN_END(REASON_PLAIN_ERROR);
 	}
+	if (relay_ktls_tx(c))	/* the kernel seals it, after the queue */
+		return relay_ktls_close_notify(c);
 	if (tlsio_close_notify(&c->io) != 0)
 		return CONN_END(REASON_TLS_ERROR);
 	int st = relay_flush_tls(c);
@@ -189,6 +199,11 @@ static int plain_write(struct conn *c, struct chunk *ch, size_t len)
 	c->t2p.bytes += len;
 	STAT_ADD(tunnel_stats(c->tun)->bytes_out, len);
 	return 0;
+}
+
+int relay_to_plain(struct conn *c, struct chunk *ch)
+{
+	return plain_write(c, ch, ch->len);
 }
 
 /*
@@ -219,7 +234,7 @@ static int tls_drain(struct conn *c)
 		if (rc != 0)
 			return rc;
 		if (st == TLSIO_CLOSED) {
-			if ((rc = t2p_end(c)) != 0)
+			if ((rc = relay_t2p_end(c)) != 0)
 				return rc;
 		} else if (st == TLSIO_FAIL) {
 			rc = relay_flush_tls(c);	/* the alert this end sends */
@@ -267,12 +282,18 @@ int relay_plain_read(struct conn *c, ssize_t n, const uv_buf_t *buf)
 	conn_touch(c);
 	c->p2t.bytes += (uint64_t)n;
 	STAT_ADD(tunnel_stats(c->tun)->bytes_in, (uint64_t)n);
+	if (relay_ktls_tx(c))	/* the kernel seals it */
+		return relay_ktls_send(c, (const unsigned char *)buf->base,
+		    (size_t)n);
 	enum reason why;
 	if (tlsio_write(&c->io, (const unsigned char *)buf->base, (size_t)n,
 	    &why) == TLSIO_FAIL)
 		return CONN_END(why);
 	/* At PIPE_HIGH queued on the TLS end, the pipe stops reading. */
-	return relay_flush_tls(c);
+	int st = relay_flush_tls(c);
+	if (st == 0 && c->kt != NULL)	/* TX waits for the queue to empty */
+		st = relay_ktls_p2t_written(c);
+	return st;
 }
 
 int relay_begin(struct conn *c)
@@ -285,5 +306,8 @@ int relay_begin(struct conn *c)
 	/* Records may already wait in mbedTLS's buffer or in tlsio's input. */
 	if (st == 0)
 		st = tls_drain(c);
-	return st != 0 ? st : relay_settle(c);
+	if (st == 0)
+		st = relay_settle(c);
+	/* Then, where the kernel can, it takes the record layer over. */
+	return st != 0 ? st : relay_ktls_begin(c);
 }

@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "compat.h"
+#include "ktls.h"
 #include "log.h"
 #include "policy.h"
 #include "preamble.h"
@@ -324,11 +325,18 @@ static int conf_setup(struct tls_ctx *ctx, mbedtls_ssl_config *conf,
 	/*
 	 * Default order: ChaCha20-Poly1305 first: with Debian's mbedTLS 2.28
 	 * it measured ~380 MB/s on one core here against ~230 MB/s for
-	 * AES-128-GCM (docs/PERFORMANCE.md). `ciphers` changes the order.
+	 * AES-128-GCM (docs/PERFORMANCE.md). But where this kernel can take
+	 * the record layer over (kTLS, ktls = auto), AES-128-GCM first: the
+	 * kernel's AES-NI GCM is the fastest suite of all, and the server's
+	 * order decides (PERFORMANCE.md, "Which suite with kTLS"). `ciphers`
+	 * changes the order.
 	 */
 	static const unsigned char dflt[] = { CFG_CIPHER_CHACHA20,
 		CFG_CIPHER_AES128GCM, CFG_CIPHER_AES256GCM };
-	const unsigned char *order = t->nciphers ? t->ciphers : dflt;
+	static const unsigned char dflt_ktls[] = { CFG_CIPHER_AES128GCM,
+		CFG_CIPHER_AES256GCM, CFG_CIPHER_CHACHA20 };
+	const unsigned char *order = t->nciphers ? t->ciphers :
+	    !t->ktls_off && ktls_probe(NULL, 0) == 0 ? dflt_ktls : dflt;
 	size_t norder = t->nciphers ? t->nciphers : sizeof dflt;
 	size_t n = 0;
 	for (size_t i = 0; i < norder; i++)
@@ -336,6 +344,7 @@ static int conf_setup(struct tls_ctx *ctx, mbedtls_ssl_config *conf,
 	ctx->suites[n] = 0;
 	mbedtls_ssl_conf_ciphersuites(conf, ctx->suites);
 	mbedtls_ssl_conf_rng(conf, rng_random, NULL);
+	ktls_conf_capture(conf);	/* 2.28: kept only where wanted */
 #if defined(MBEDTLS_SSL_RENEGOTIATION)
 	mbedtls_ssl_conf_renegotiation(conf,
 	    MBEDTLS_SSL_RENEGOTIATION_DISABLED);

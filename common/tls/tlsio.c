@@ -97,6 +97,7 @@ int tlsio_init(struct tlsio *io, struct tls_ctx *ctx, bool preamble,
 
 void tlsio_free(struct tlsio *io)
 {
+	tlsio_ktls_forget(io);
 	if (io->ssl_init)
 		mbedtls_ssl_free(&io->ssl);	/* zeroizes keys and buffers */
 	io->ssl_init = false;
@@ -108,12 +109,64 @@ void tlsio_free(struct tlsio *io)
 	io->out = NULL;
 }
 
+/* Follow the record boundaries through len more bytes of the stream. */
+static void track_records(struct tlsio *io, const unsigned char *buf,
+    size_t len)
+{
+	while (len > 0) {
+		size_t n;
+		if (io->rec_body_left > 0) {
+			n = len < io->rec_body_left ? len : io->rec_body_left;
+			io->rec_body_left -= n;
+		} else {
+			n = sizeof io->rec_hdr - io->rec_hdr_have;
+			n = len < n ? len : n;
+			memcpy(io->rec_hdr + io->rec_hdr_have, buf, n);
+			io->rec_hdr_have += (unsigned)n;
+			if (io->rec_hdr_have == sizeof io->rec_hdr) {
+				io->rec_body_left = (size_t)io->rec_hdr[3] << 8 |
+				    io->rec_hdr[4];
+				io->rec_hdr_have = 0;
+			}
+		}
+		buf += n;
+		len -= n;
+	}
+}
+
+size_t tlsio_record_need(const struct tlsio *io)
+{
+	if (io->rec_hdr_have > 0)
+		return sizeof io->rec_hdr - io->rec_hdr_have;
+	return io->rec_body_left;
+}
+
+bool tlsio_drained(const struct tlsio *io)
+{
+	return io->in_len == 0 && !io->in_eof &&
+	    (io->out == NULL || io->out->len == 0) &&
+	    mbedtls_ssl_check_pending(&io->ssl) == 0;
+}
+
+void tlsio_ktls_want(struct tlsio *io)
+{
+	io->ktls_want = true;
+	ktls_ssl_capture(&io->ssl, &io->ktls);
+}
+
+void tlsio_ktls_forget(struct tlsio *io)
+{
+	ktls_secrets_free(io->ktls);
+	io->ktls = NULL;
+}
+
 void tlsio_input(struct tlsio *io, const unsigned char *buf, size_t len)
 {
 	if (len == 0) {
 		io->in_eof = true;
 		return;
 	}
+	track_records(io, buf, len);
 	if (!io->saw_bytes) {
 		io->saw_bytes = true;
 		io->first_byte = buf[0];
@@ -177,7 +230,12 @@ struct chunk *tlsio_take_out(struct tlsio *io)
 
 int tlsio_handshake(struct tlsio *io)
 {
-	return compat_ssl_handshake(&io->ssl);
+	if (!io->ktls_want)
+		return compat_ssl_handshake(&io->ssl);
+	ktls_capture_begin(&io->ktls);
+	int rc = compat_ssl_handshake(&io->ssl);
+	ktls_capture_end();
+	return rc;
 }
 
 /* Drop what mbedTLS queued on the way to an error we do not answer. */

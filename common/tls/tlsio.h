@@ -20,6 +20,7 @@
 #include <mbedtls/ssl.h>
 
 #include "chunk.h"
+#include "ktls.h"
 #include "reason.h"
 #include "tls.h"
 
@@ -43,6 +44,17 @@ struct tlsio {
 
 	char *error;			/* the owner's, for an end's detail */
 	size_t errlen;
+
+	/*
+	 * kTLS (ktls.h): the secrets the handshake exported (when wanted),
+	 * and where the socket's byte stream stands against the record
+	 * boundaries, so that the kernel can take over exactly at one.
+	 */
+	bool ktls_want;
+	struct ktls_secrets *ktls;
+	unsigned char rec_hdr[5];	/* the header being read */
+	unsigned rec_hdr_have;		/* bytes of it so far (0..4) */
+	size_t rec_body_left;		/* bytes of the current record to come */
 };
 
 /*
@@ -121,5 +133,28 @@ int tlsio_close_notify(struct tlsio *io);
 
 /* Queue a fatal alert (desc: MBEDTLS_SSL_ALERT_MSG_*). */
 void tlsio_alert(struct tlsio *io, unsigned char desc);
+
+/*
+ * Keep the secrets the handshake exports, for kTLS (call after
+ * tlsio_init, before the handshake). They stay in io->ktls until
+ * tlsio_ktls_forget or tlsio_free, which wipe them.
+ */
+void tlsio_ktls_want(struct tlsio *io);
+void tlsio_ktls_forget(struct tlsio *io);
+
+/*
+ * How many more bytes the socket must give before what it gave ends on
+ * a record boundary (0: it does). When it is not 0 and the header of
+ * the record is incomplete, reading that many bytes and asking again
+ * gives the rest.
+ */
+size_t tlsio_record_need(const struct tlsio *io);
+
+/*
+ * Nothing is left inside io: every byte the socket gave was taken by
+ * mbedTLS and every record it made was processed and read out, and no
+ * output waits. With tlsio_record_need 0, the record layer can move.
+ */
+bool tlsio_drained(const struct tlsio *io);
 
 #endif
