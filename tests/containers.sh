@@ -34,10 +34,15 @@
 #  4. examples/compose.yaml as the README sets it up, with Debian's
 #     docker-compose against podman's Docker API (`podman system service`):
 #     Debian 12's podman-compose 1.0.3 cannot run it (see README).
-#  5. examples/k8s with `podman kube play`: the Secrets are made from fresh
-#     identities, the pins put into the ConfigMaps; the Service's DNS name is
-#     a network alias of the app pods. What podman 4.3 does not do as a
-#     kubelet would is listed in README ("What the test stands in for").
+#  5. examples/k8s with `podman kube play`, set up as its comments say: a
+#     CA, its (empty) CRL and an identity per role with its names, made with
+#     the image's upseal-certs, in the Secrets the manifests mount; the
+#     Service's DNS name is a network alias of the app pods. Each proxy pod
+#     gets the app's page and the app pods name the rule that let it in; an
+#     identity of the same CA with another SPIFFE ID is refused; /metrics
+#     serves what alerts.yaml (not played: a CRD) uses. What podman 4.3 does
+#     not do as a kubelet would is listed in README ("What the test stands
+#     in for").
 #  6. With the trixie base: the image with --build-arg DEBIAN=13 (mbedTLS
 #     3.6), and a pair of its sidecars speaking TLS 1.3.
 #
@@ -294,16 +299,27 @@ wait_cmd() {
 certs() {
 	local dir=$1
 	shift
-	pm run --rm --user 0 --read-only -v "$dir:/out" --entrypoint /usr/bin/upseal-certs \
-		localhost/upseal:latest "$@" --dir /out 2>>"$LOG"
+	certs_in "$dir" "$@" --dir /w
 }
 
-# newid DIR NAME [ARG...]: a fresh identity; prints its pin, or fails.
-newid() {
+# certs_in DIR ARG...: upseal-certs from the image, run in DIR (its working
+# directory: relative paths in ARG are DIR's).
+certs_in() {
+	local dir=$1
+	shift
+	pm run --rm --user 0 --read-only -v "$dir:/w" -w /w --entrypoint /usr/bin/upseal-certs \
+		localhost/upseal:latest "$@" 2>>"$LOG"
+}
+
+# newid DIR new NAME [ARG...]: a fresh identity in DIR; prints its pin, or fails.
+newid() { pin_of certs "$@"; }
+
+# pin_of CMD...: the pin CMD (an upseal-certs new) prints, or fails.
+pin_of() {
 	local pin
-	pin=$(certs "$@" | tail -n 1)
+	pin=$("$@" | tail -n 1)
 	if ! [[ $pin =~ ^sha256//[A-Za-z0-9+/]{43}=$ ]]; then
-		echo "containers: upseal-certs new $2 printed '$pin', not a pin" >&2
+		echo "containers: upseal-certs ${*:3} printed '$pin', not a pin" >&2
 		return 1
 	fi
 	echo "$pin"
@@ -335,7 +351,7 @@ sidecar_locked() {
 }
 
 # pin_into FILE PLACEHOLDER PIN: put PIN in place of the example's
-# placeholder pin line (one of examples/*.ini or a k8s ConfigMap).
+# placeholder pin line (one of examples/*.ini).
 pin_into() {
 	local f=$1 ph=$2 pin=$3
 	grep -qF "sha256//$ph" "$f" || {
@@ -862,11 +878,14 @@ fi
 K=$WORK/kube
 KPODS=()
 
-# k8s_copy SRC DST PLACEHOLDER PIN: the manifest with PIN in its ConfigMap,
-# and without the containers' `ports:` (podman 4.3 publishes every
-# containerPort on the host, so two replicas collide on it).
+# The fleet's names, as the manifests' comments give them.
+KSVC=app-upseal.default.svc.cluster.local
+KURI=spiffe://example.org/ns/default/sa
+
+# k8s_copy SRC DST: the manifest without the containers' `ports:` (podman
+# 4.3 publishes every containerPort on the host, so two replicas collide
+# on it).
 k8s_copy() {
-	cp "$1" "$2" && pin_into "$2" "$3" "$4" || return 1
 	awk '
 		/^[ ]*containers:/ { inctr = 1 }
 		/^kind:/ { inctr = 0 }
@@ -876,7 +895,7 @@ k8s_copy() {
 			if (i > ind || (i == ind && $0 ~ /^[ ]*- /)) next
 			skip = 0
 		}
-		{ print }' "$2" >"$2.tmp" && mv "$2.tmp" "$2"
+		{ print }' "$1" >"$2"
 }
 
 # secret NAME KEY FILE...: the Secret `kubectl create secret generic NAME
@@ -895,44 +914,57 @@ secret() {
 	pm kube play --network "$P-kube" "$f" >>"$LOG" 2>&1
 }
 
-# secret_volume NAME KEY FILE...: what the kubelet puts in the volume of a
-# Secret mounted with defaultMode 0440 and fsGroup 10001 (podman 4.3 writes
-# the data still base64-encoded, 0644, owned by root:root).
+# secret_volume NAME MODE KEY FILE...: what the kubelet puts in the volume
+# of a Secret mounted with defaultMode MODE and fsGroup 10001 (podman 4.3
+# writes the data still base64-encoded, 0644, owned by root:root).
 secret_volume() {
-	local mp
+	local mp mode=$2
 	mp=$(podman volume inspect -f '{{.Mountpoint}}' "$1") || return 1
-	shift
+	shift 2
 	note "kube play wrote $1 as $(stat -c '%s bytes, mode %a, %U:%G' "$mp/$1" 2>&1) ($(stat -c %s "$2") bytes in the Secret)"
 	while [ $# -gt 0 ]; do
-		install -o 0 -g 10001 -m 0440 "$2" "$mp/$1" || return 1
+		install -o 0 -g 10001 -m "$mode" "$2" "$mp/$1" || return 1
 		shift 2
 	done
 }
 
 kube_play() {
-	mkdir -p "$K"/{app-id,proxy-id,www} || return 1
-	KBPIN=$(newid "$K/app-id" new backend) && KPPIN=$(newid "$K/proxy-id" new proxy) &&
+	mkdir -p "$K"/{www,intruder} || return 1
+	# In $K, as app.yaml's and proxy.yaml's comments say: the CA, its empty
+	# CRL, and each role's identity with the names the other side checks.
+	certs_in "$K" ca upseal-ca --dir ca >/dev/null &&
+		certs_in "$K" revoke --ca ca >/dev/null &&
+		KBPIN=$(pin_of certs_in "$K" new backend --dir app-id --ca ca --days 7 \
+			--dns "$KSVC" --uri "$KURI/app") &&
+		KPPIN=$(pin_of certs_in "$K" new proxy --dir proxy-id --ca ca --days 7 \
+			--uri "$KURI/proxy") &&
 		certs "$K/www" new www >/dev/null || return 1
-	k8s_copy examples/k8s/app.yaml "$K/app.yaml" 'PIN+of+proxy+crt+FROM+upseal+certs+new+AAAA=' "$KPPIN" &&
-		k8s_copy examples/k8s/proxy.yaml "$K/proxy.yaml" 'PIN+of+backend+crt+FROM+upseal+certs+new+AA=' "$KBPIN" ||
+	[ -s "$K/ca/upseal-ca.crl" ] || {
+		WHY="upseal-certs revoke --ca ca made no ca/upseal-ca.crl"
+		return 1
+	}
+	k8s_copy examples/k8s/app.yaml "$K/app.yaml" && k8s_copy examples/k8s/proxy.yaml "$K/proxy.yaml" ||
 		return 1
 	pm network create "$P-kube" >>"$LOG" 2>&1 || return 1
 	secret upseal-app-identity backend.crt "$K/app-id/backend.crt" backend.key "$K/app-id/backend.key" &&
 		secret upseal-proxy-identity proxy.crt "$K/proxy-id/proxy.crt" proxy.key "$K/proxy-id/proxy.key" &&
+		secret upseal-trust ca.crt "$K/ca/upseal-ca.crt" ca.crl "$K/ca/upseal-ca.crl" &&
 		secret www-tls tls.crt "$K/www/www.crt" tls.key "$K/www/www.key" || {
 		WHY="kube play of a Secret failed: $(tail -n 2 "$LOG")"
 		return 1
 	}
 	# The Service: its DNS name is an alias of the app pods on the network.
-	pm kube play --start=false --network "$P-kube:alias=app-upseal.default.svc.cluster.local" \
+	pm kube play --start=false --network "$P-kube:alias=$KSVC" \
 			"$K/app.yaml" >"$K/play-app.log" 2>&1 &&
 		pm kube play --start=false --network "$P-kube" "$K/proxy.yaml" >"$K/play-proxy.log" 2>&1 || {
 		WHY="podman kube play: $(tail -n 3 "$K"/play-*.log | tr '\n' '|')"
 		return 1
 	}
-	secret_volume upseal-app-identity backend.crt "$K/app-id/backend.crt" backend.key "$K/app-id/backend.key" &&
-		secret_volume upseal-proxy-identity proxy.crt "$K/proxy-id/proxy.crt" proxy.key "$K/proxy-id/proxy.key" &&
-		secret_volume www-tls tls.crt "$K/www/www.crt" tls.key "$K/www/www.key" || {
+	# The modes are the manifests' defaultMode (www-tls: the default, 0644).
+	secret_volume upseal-app-identity 0440 backend.crt "$K/app-id/backend.crt" backend.key "$K/app-id/backend.key" &&
+		secret_volume upseal-proxy-identity 0440 proxy.crt "$K/proxy-id/proxy.crt" proxy.key "$K/proxy-id/proxy.key" &&
+		secret_volume upseal-trust 0444 ca.crt "$K/ca/upseal-ca.crt" ca.crl "$K/ca/upseal-ca.crl" &&
+		secret_volume www-tls 0644 tls.crt "$K/www/www.crt" tls.key "$K/www/www.key" || {
 		WHY="the Secret volumes are not there"
 		return 1
 	}
@@ -958,6 +990,27 @@ kube_play() {
 	done
 }
 
+# kube_logged SECS ROLE STR...: within SECS, a line of the sidecar of some
+# pod of ROLE (app or proxy) holds every STR.
+kube_logged() {
+	local secs=$1 role=$2 i p
+	shift 2
+	for ((i = 0; i < secs * 5; i++)); do
+		for p in "${KPODS[@]}"; do
+			case $p in
+			app-*) [ "$role" = app ] && logs_match "$p-upseal-server" "$@" && return 0 ;;
+			proxy-*) [ "$role" = proxy ] && logs_match "$p-upseal-client" "$@" && return 0 ;;
+			esac
+		done
+		sleep 0.2
+	done
+	WHY="no $role pod's sidecar logged a line with [$*] within ${secs}s"
+	return 1
+}
+
+# Each proxy pod gets the app's page; the app pods' sidecars saw the proxy
+# pods' identity and name the rule that let it in, and the proxies' the
+# app's.
 kube_request() {
 	local p body n=0
 	for p in "${KPODS[@]}"; do
@@ -977,18 +1030,10 @@ kube_request() {
 		WHY="$n proxy pods answered"
 		return 1
 	}
-	# The app pods' sidecars saw the proxy pods' key.
-	local i
-	for ((i = 0; i < 50; i++)); do
-		for p in "${KPODS[@]}"; do
-			[[ $p == app-* ]] || continue
-			logs_match "$p-upseal-server" '"event":"conn_end"' "\"peer_pin\":\"$(short "$KPPIN")\"" \
-				'"reason":"closed"' && return 0
-		done
-		sleep 0.2
-	done
-	WHY="no app pod logged a conn_end from the proxy pods' key"
-	return 1
+	kube_logged 10 app '"event":"conn_end"' "\"peer_pin\":\"$(short "$KPPIN")\"" \
+		"\"peer_rule\":\"allow_uri=$KURI/proxy\"" '"reason":"closed"' &&
+		kube_logged 10 proxy '"event":"conn_end"' "\"peer_pin\":\"$(short "$KBPIN")\"" \
+			"\"peer_rule\":\"allow_uri=$KURI/app\"" '"reason":"closed"'
 }
 
 kube_locked() {
@@ -1015,20 +1060,86 @@ kube_from_outside() {
 		WHY="curl http://app-pod-0:8080/ from the network: exit $rc (7 expected): $out"
 		return 1
 	}
-	pm exec "$P-kprober" timeout 5 bash -c 'exec 3<>/dev/tcp/app-upseal.default.svc.cluster.local/7443' \
-		>/dev/null 2>&1 || {
-		WHY="app-upseal.default.svc.cluster.local:7443 is not reachable"
+	pm exec "$P-kprober" timeout 5 bash -c "exec 3<>/dev/tcp/$KSVC/7443" >/dev/null 2>&1 || {
+		WHY="$KSVC:7443 is not reachable"
 		return 1
 	}
+}
+
+# An identity of the same CA, with the app's DNS name checked as the
+# manifests do, but another SPIFFE ID: the app pods refuse it by name.
+kube_other_name_refused() {
+	local out rc
+	KIPIN=$(pin_of certs_in "$K" new intruder --dir intruder --ca ca --days 7 \
+		--uri "$KURI/intruder") || return 1
+	cp "$K/ca/upseal-ca.crt" "$K/intruder/ca.crt" && chown 10001:10001 "$K/intruder/intruder.key" || return 1
+	cat >"$K/intruder/client.ini" <<EOF
+[upseal]
+log_level = info
+
+[app]
+listen  = 0.0.0.0:7001
+allow_remote = yes
+connect = $KSVC:7443
+cert    = /etc/upseal/intruder.crt
+key     = /etc/upseal/intruder.key
+ca      = /etc/upseal/ca.crt
+EOF
+	pm run -d --name "$P-kintruder" --network "$P-kube" --read-only -v "$K/intruder:/etc/upseal:ro" \
+		--entrypoint /usr/sbin/upseal-client "$IMG" -c /etc/upseal/client.ini >>"$LOG" 2>&1 || {
+		WHY="could not start the intruder's sidecar: $(tail -n 2 "$LOG" | tr '\n' '|')"
+		return 1
+	}
+	wait_log "$P-kintruder" 20 "event=ready" || return 1
+	out=$(pm exec "$P-kprober" curl -sS --max-time 10 "http://$P-kintruder:7001/" 2>&1)
+	rc=$?
+	if [ "$rc" -eq 0 ] || [[ $out == *"Directory listing"* ]]; then
+		WHY="the intruder got through: exit $rc: $out"
+		return 1
+	fi
+	kube_logged 10 app '"event":"conn_end"' '"reason":"name_not_allowed"' \
+		"\"presented_pin\":\"$KIPIN\"" "uri=$KURI/intruder" || return 1
+	note "$(for p in "${KPODS[@]}"; do [[ $p == app-* ]] && podman logs "$p-upseal-server" 2>&1; done |
+		grep -m 1 '"reason":"name_not_allowed"')"
+}
+
+# Every series alerts.yaml's rules use is on an app pod's /metrics, and the
+# three dates are there with values: the certificate's in 7 days, the CA's
+# in 10 years, the CRL's in 30 days.
+kube_alert_series() {
+	local m name now v want
+	m=$(pm exec "$P-kprober" curl -sS --max-time 5 http://app-pod-0:9180/metrics 2>&1) || {
+		WHY="GET http://app-pod-0:9180/metrics: $m"
+		return 1
+	}
+	for name in $(grep -o 'upseal_[a-z_]*' examples/k8s/alerts.yaml | sort -u); do
+		grep -q "^# TYPE $name " <<<"$m" || {
+			WHY="alerts.yaml uses $name, which /metrics does not serve"
+			return 1
+		}
+	done
+	now=$(date +%s)
+	for want in upseal_cert_not_after_seconds:7 upseal_ca_not_after_seconds:3650 \
+		upseal_crl_next_update_seconds:30; do
+		name=${want%:*}
+		v=$(awk -v n="$name{tunnel=\"app\"}" '$1 == n { print $2 }' <<<"$m")
+		[ -n "$v" ] && [ $(((v - now + 43200) / 86400)) -eq "${want#*:}" ] || {
+			WHY="$name{tunnel=\"app\"} is '$v', not ${want#*:} days from now"
+			return 1
+		}
+	done
 }
 
 if t kube_play_starts_the_pods kube_play; then
 	t kube_request_from_each_proxy_pod kube_request
 	t kube_sidecars_non_root_read_only kube_locked
-	t kube_healthz_from_outside_app_port_closed kube_from_outside
+	if t kube_healthz_from_outside_app_port_closed kube_from_outside; then
+		t kube_other_spiffe_id_refused kube_other_name_refused
+		t kube_metrics_serve_the_alerts_series kube_alert_series
+	fi
 fi
 [ "${#KPODS[@]}" -gt 0 ] && pm pod rm -f -t 0 "${KPODS[@]}" >>"$LOG" 2>&1
-pm rm -f -t 0 "$P-kprober" >>"$LOG" 2>&1
+pm rm -f -t 0 "$P-kprober" "$P-kintruder" >>"$LOG" 2>&1
 pm volume rm -af >>"$LOG" 2>&1
 pm secret rm -a >>"$LOG" 2>&1
 pm network rm -f "$P-kube" >>"$LOG" 2>&1

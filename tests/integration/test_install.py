@@ -99,16 +99,17 @@ def test_install_man_pages_render(h):
     check(not problems, "\n".join(problems))
 
 
-def _rewrite_ini(text, me, peer, ca_crt):
-    """Point cert/key/ca/pin at identities this test made."""
+def _rewrite_ini(text, me, peer, ca_crt, crl):
+    """Point cert/key/ca/crl/pin at identities this test made."""
     out = []
     for line in text.splitlines():
-        m = re.match(r"^(\s*)(cert|key|ca|pin)(\s*)=", line)
+        m = re.match(r"^(\s*)(cert|key|ca|crl|pin)(\s*)=", line)
         if not m:
             out.append(line)
             continue
         k = m.group(2)
-        v = {"cert": me.crt, "key": me.key, "ca": ca_crt, "pin": peer.pin}[k]
+        v = {"cert": me.crt, "key": me.key, "ca": ca_crt, "crl": crl,
+             "pin": peer.pin}[k]
         out.append("%s%s%s= %s" % (m.group(1), k, m.group(3), v))
     return "\n".join(out) + "\n"
 
@@ -148,6 +149,9 @@ def test_install_examples_pass_check(h):
     srv, cli = h.identity("ex-srv"), h.identity("ex-cli")
     ca_dir = h.ca("ex-ca")
     ca_crt = ca_dir + ".crt"
+    r = h.run([h.bin("upseal-certs"), "revoke", "--ca", ca_dir])
+    check_eq(r.returncode, 0, "upseal-certs revoke (stderr %r)" % r.err)
+    crl = ca_dir + ".crl"
     files = [(os.path.basename(p), open(p).read())
              for p in sorted(glob.glob(os.path.join(ex, "*.ini")))]
     for y in sorted(glob.glob(os.path.join(ex, "k8s", "*.yaml"))):
@@ -163,7 +167,7 @@ def test_install_examples_pass_check(h):
         for role in roles:
             me, peer = (cli, srv) if role == "client" else (srv, cli)
             p = h.write_text("%s.%s.ini" % (name, role),
-                             _rewrite_ini(text, me, peer, ca_crt))
+                             _rewrite_ini(text, me, peer, ca_crt, crl))
             r = h.run([_exe(dest, "upseal-" + role), "--check", "-c", p],
                       timeout=20)
             tried.append((role, r.returncode, r.err.strip()))
