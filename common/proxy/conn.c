@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include <mbedtls/error.h>
 
@@ -102,11 +103,26 @@ static void hs_leave(struct conn *c)
 }
 
 /*
+ * Bytes are waiting unread on c's TLS socket: its ClientHello came, the
+ * loop has not read it yet (an accept earlier in the same poll batch).
+ * Such a peer is not silent.
+ */
+static bool input_waiting(struct conn *c)
+{
+	uv_os_fd_t fd;
+	int n = 0;
+	return c->tls_open && uv_fileno(&c->tls.h, &fd) == 0 &&
+	    ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
+/*
  * Oldest first, so that under a flood the sockets that waited longest go
  * first (a silent one ages; a real peer finishes in a few ms). "Given a
  * loop turn" is started < uv_now: uv_now moves only when the loop polls,
  * so a connection accepted in the current turn, whose ClientHello may be
- * waiting unread, is never taken for silent. That keeps a burst of real
+ * waiting unread, is never taken for silent, nor is one older whose
+ * bytes wait unread behind an accept of the same turn (input_waiting).
+ * That keeps a burst of real
  * handshakes (say, every client's pool refilling after a restart) from
  * shedding itself: the caller holds the accept instead.
  */
@@ -120,7 +136,7 @@ int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms)
 		return 1;
 	for (struct conn *c = oldest; c != NULL && victim == NULL;
 	    c = c->hs_next) {
-		if (c->io.saw_bytes)
+		if (c->io.saw_bytes || input_waiting(c))
 			continue;
 		if (c->started < now)
 			victim = c;
