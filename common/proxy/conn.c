@@ -39,7 +39,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 
 #include <mbedtls/error.h>
 
@@ -70,86 +69,14 @@ static bool *dialed_open(struct conn *c)
 	return c->tun->role == CFG_CLIENT ? &c->tls_open : &c->plain_open;
 }
 
-/* ---- the handshake budget (max_handshakes) ---- */
+/* ---- the handshake budget (max_handshakes: budget.c picks) ---- */
 
-/* Server: c starts its handshake; counted until hs_leave. */
-static void hs_enter(struct conn *c)
-{
-	struct tunnel *t = c->tun;
-	if (t->role != CFG_SERVER || c->hs_counted)
-		return;
-	c->hs_counted = true;
-	c->hs_prev = t->hs_newest;
-	c->hs_next = NULL;
-	if (t->hs_newest != NULL)
-		t->hs_newest->hs_next = c;
-	else
-		t->hs_oldest = c;
-	t->hs_newest = c;
-	t->hs_live++;
-	atomic_fetch_add(&t->stats->handshaking, 1);
-}
-
-/* c's handshake is over (done, failed or dropped); safe to call twice. */
-static void hs_leave(struct conn *c)
-{
-	struct tunnel *t = c->tun;
-	if (!c->hs_counted)
-		return;
-	c->hs_counted = false;
-	CONN_UNLINK(c, hs_prev, hs_next, t->hs_oldest, t->hs_newest);
-	t->hs_live--;
-	tunnel_handshake_ended(t);
-}
-
-/*
- * Bytes are waiting unread on c's TLS socket: its ClientHello came, the
- * loop has not read it yet (an accept earlier in the same poll batch).
- * Such a peer is not silent.
- */
-static bool input_waiting(struct conn *c)
-{
-	uv_os_fd_t fd;
-	int n = 0;
-	return c->tls_open && uv_fileno(&c->tls.h, &fd) == 0 &&
-	    ioctl(fd, FIONREAD, &n) == 0 && n > 0;
-}
-
-/*
- * Oldest first, so that under a flood the sockets that waited longest go
- * first (a silent one ages; a real peer finishes in a few ms). "Given a
- * loop turn" is started < uv_now: uv_now moves only when the loop polls,
- * so a connection accepted in the current turn, whose ClientHello may be
- * waiting unread, is never taken for silent, nor is one older whose
- * bytes wait unread behind an accept of the same turn (input_waiting).
- * That keeps a burst of real
- * handshakes (say, every client's pool refilling after a restart) from
- * shedding itself: the caller holds the accept instead.
- */
 int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms)
 {
-	uint64_t now = uv_now(t->loop);
-	struct conn *victim = NULL, *oldest = t->hs_oldest;
-	bool young_silent = false;
-
-	if (oldest == NULL)
-		return 1;
-	for (struct conn *c = oldest; c != NULL && victim == NULL;
-	    c = c->hs_next) {
-		if (c->io.saw_bytes || input_waiting(c))
-			continue;
-		if (c->started < now)
-			victim = c;
-		else
-			young_silent = true;
-	}
-	if (victim == NULL && now - oldest->started >= CONN_SHED_AGE_MS)
-		victim = oldest;
-	if (victim == NULL) {
-		*retry_ms = young_silent ? 1 :
-		    CONN_SHED_AGE_MS - (now - oldest->started);
-		return -1;
-	}
+	struct conn *victim;
+	int rc = budget_pick(t, &victim, retry_ms);
+	if (rc != 0)
+		return rc;
 	conn_errorf(victim, "shed at max_handshakes = %u for a newer "
 	    "connection (%s)", conn_cfg(victim)->max_handshakes,
 	    victim->io.saw_bytes ? "handshake unfinished after 1s" :
@@ -211,7 +138,7 @@ static void end(struct conn *c, enum reason why, bool refused)
 	if (c->dropped)
 		return;
 	c->dropped = true;
-	hs_leave(c);
+	budget_leave(c);
 	struct tunnel_stats *st = c->tun->stats;
 	if (c->pool) {
 		/* Not a client's connection (yet): the pool logs and counts it. */
@@ -355,7 +282,7 @@ static void handshake_step(struct conn *c)
 		refuse(c, rc, why);
 		return;
 	}
-	hs_leave(c);	/* the ~37 KB it holds are now a connection's */
+	budget_leave(c);	/* the ~37 KB it holds are now a connection's */
 	bool resumed = tls_resumed(&c->io.peer);	/* before the check fills it */
 	c->resumed = resumed;
 	/* Judged against the tunnel's settings now, not those of accept. */
@@ -462,7 +389,7 @@ static void handshake_enter(struct conn *c)
 {
 	conn_enter(c, PH_HANDSHAKE, conn_cfg(c)->handshake_timeout_ms);
 	c->hs_started = uv_hrtime();
-	hs_enter(c);
+	budget_enter(c);
 	/* ALPN (and so a preamble) on pool conns and those that carry. */
 	int rc = tlsio_init(&c->io, c->conf->tls,
 	    c->pool || c->carried.family != PP_NONE, c->error,
@@ -714,15 +641,7 @@ static void client_go(struct conn *c)
 static void proxy_header_enter(struct conn *c)
 {
 	conn_enter(c, PH_PROXY_HEADER, conn_cfg(c)->proxy_header_timeout_ms);
-	c->hdr = malloc(PP_MAX);
-	if (c->hdr == NULL) {
-		conn_drop(c, REASON_NOMEM);
-		return;
-	}
-	if (pipe_read(&c->p2t, true) != 0) {
-		conn_errorf(c, "plaintext read: cannot start");
-		conn_drop(c, REASON_PLAIN_ERROR);
-	}
+	conn_event(c, origin_header_begin(c));
 }
 
 int conn_accept(struct tunnel *t)
@@ -805,17 +724,10 @@ static void on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		return;
 	}
 	int st = origin_header_input(c, n, buf);
-	if (st != CONN_NEXT) {
+	if (st == CONN_NEXT)
+		client_go(c);
+	else
 		conn_event(c, st);
-		return;
-	}
-	/* Relay reads again once the TLS end is up; the rest is kept. */
-	if (pipe_read(&c->p2t, false) != 0) {
-		conn_errorf(c, "plaintext read: cannot stop");
-		conn_drop(c, REASON_PLAIN_ERROR);
-		return;
-	}
-	client_go(c);
 }
 
 /* The TLS end's input, in every phase: to whoever the phase says. */

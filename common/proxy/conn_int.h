@@ -185,6 +185,19 @@ void conn_start_pool(struct conn *c, uint64_t delay_ms);
  */
 void conn_drop_unused(struct tunnel *t, enum reason why);
 
+/* budget.c */
+
+/* Server: c starts its handshake; counted until budget_leave. */
+void budget_enter(struct conn *c);
+/* c's handshake is over (done, failed or dropped); safe to call twice. */
+void budget_leave(struct conn *c);
+/*
+ * A place is needed: 1 if no handshake is in progress; 0 with *victim,
+ * the handshake to shed; -1 if none may be shed yet (retry after
+ * *retry_ms).
+ */
+int budget_pick(struct tunnel *t, struct conn **victim, uint64_t *retry_ms);
+
 /* verdict.c */
 
 /*
@@ -236,10 +249,13 @@ int relay_shutdown_done(struct conn *c, struct pipe *p, int status);
 
 /* Client: the plaintext peer is a remote TCP address: carry it. */
 void origin_from_peer(struct conn *c);
+/* Client, PH_PROXY_HEADER begins: its buffer, reading the plaintext end. */
+int origin_header_begin(struct conn *c);
 /*
  * Client, PH_PROXY_HEADER: a read of the plaintext end (n: libuv's
  * nread). 0: more is needed; CONN_NEXT: the header is complete (the
- * address in c->carried, the bytes after it in c->hdr); or CONN_END.
+ * address in c->carried, the bytes after it in c->hdr; reading stopped
+ * until the relay); or CONN_END.
  */
 int origin_header_input(struct conn *c, ssize_t n, const uv_buf_t *buf);
 /* Client, PH_PROXY_HEADER's deadline: the end's detail; CONN_END. */

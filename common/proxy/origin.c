@@ -57,6 +57,18 @@ static void log_header(struct conn *c, const struct pp_header *h)
 	log_end(&l);
 }
 
+int origin_header_begin(struct conn *c)
+{
+	c->hdr = malloc(PP_MAX);
+	if (c->hdr == NULL)
+		return CONN_END(REASON_NOMEM);
+	if (pipe_read(&c->p2t, true) != 0) {
+		conn_errorf(c, "plaintext read: cannot start");
+		return CONN_END(REASON_PLAIN_ERROR);
+	}
+	return 0;
+}
+
 int origin_header_input(struct conn *c, ssize_t n, const uv_buf_t *buf)
 {
 	if (n == UV_EOF && c->hdr_len == 0) {
@@ -114,6 +126,11 @@ int origin_header_input(struct conn *c, ssize_t n, const uv_buf_t *buf)
 	free(c->hdr);
 	c->hdr = early;
 	c->hdr_len = after + rest;
+	/* The relay reads again once the TLS end is up. */
+	if (pipe_read(&c->p2t, false) != 0) {
+		conn_errorf(c, "plaintext read: cannot stop");
+		return CONN_END(REASON_PLAIN_ERROR);
+	}
 	return CONN_NEXT;
 }
 
