@@ -437,14 +437,9 @@ static void on_poll(uv_poll_t *h, int status, int events)
 	if (c->dropped)
 		return;
 	if (status < 0) {
-		/* libuv says EBADF for a socket error: ask the socket. */
-		int err = 0;
-		socklen_t len = sizeof err;
 		k->events = 0;
-		if (getsockopt(k->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 ||
-		    err == 0)
-			err = -status;
-		conn_event(c, relay_ktls_sock_error(c, err));
+		conn_event(c, relay_ktls_sock_error(c,
+		    relay_poll_error(k->fd, status)));
 		return;
 	}
 	if (events & UV_WRITABLE) {

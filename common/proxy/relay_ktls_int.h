@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <sys/socket.h>
+
 #include <uv.h>
 
 #include "conn_int.h"
@@ -71,6 +73,19 @@ int relay_ktls_rx_control(struct conn *c, unsigned char type,
     const unsigned char *b, size_t n);
 /* Our close_notify, once what was queued before it has left; then FIN. */
 int relay_ktls_close_flush(struct conn *c);
+
+/*
+ * A poll callback's status < 0 on fd: the socket's own error (libuv says
+ * EBADF for a socket error), as a positive errno, else -status.
+ */
+static inline int relay_poll_error(int fd, int status)
+{
+	int err = 0;
+	socklen_t len = sizeof err;
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0)
+		err = -status;
+	return err;
+}
 
 /* relay_splice.c */
 

@@ -236,13 +236,9 @@ void relay_splice_on_poll(uv_poll_t *h, int status, int events)
 	if (c->dropped)
 		return;
 	if (status < 0) {
-		int err = 0;
-		socklen_t len = sizeof err;
 		k->pevents = 0;
-		if (getsockopt(k->pfd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 ||
-		    err == 0)
-			err = -status;
-		conn_event(c, plain_error(c, err, true));
+		conn_event(c, plain_error(c, relay_poll_error(k->pfd, status),
+		    true));
 		return;
 	}
 	if (events & UV_WRITABLE)
