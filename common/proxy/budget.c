@@ -54,20 +54,21 @@ static bool input_waiting(struct conn *c)
 
 /*
  * Oldest first, so that under a flood the sockets that waited longest go
- * first (a silent one ages; a real peer finishes in a few ms). "Given a
- * loop turn" is started < uv_now: uv_now moves only when the loop polls,
- * so a connection accepted in the current turn, whose ClientHello may be
- * waiting unread, is never taken for silent, nor is one older whose
- * bytes wait unread behind an accept of the same turn (input_waiting).
- * That keeps a burst of real handshakes (say, every client's pool
- * refilling after a restart) from shedding itself: the caller holds the
- * accept instead.
+ * first (a silent one ages; a real peer finishes in a few ms). Silent
+ * means no byte CONN_SILENT_MS after the accept: a real client sends its
+ * ClientHello right behind the ACK that completed the connect, so it is
+ * there within a millisecond or two (a connection shed after 1 ms with
+ * no byte yet was a pinned client, seen under load with two workers);
+ * nor is one silent whose bytes wait unread behind an accept of the same
+ * poll batch (input_waiting). That keeps a burst of real handshakes (say,
+ * every client's pool refilling after a restart) from shedding itself:
+ * the caller holds the accept instead, for at most CONN_SILENT_MS.
  */
 int budget_pick(struct tunnel *t, struct conn **victim, uint64_t *retry_ms)
 {
 	uint64_t now = uv_now(t->loop);
 	struct conn *oldest = t->hs_oldest;
-	bool young_silent = false;
+	uint64_t young_wait = 0;	/* until a young silent one is silent */
 
 	*victim = NULL;
 	if (oldest == NULL)
@@ -76,15 +77,16 @@ int budget_pick(struct tunnel *t, struct conn **victim, uint64_t *retry_ms)
 	    c = c->hs_next) {
 		if (c->io.saw_bytes || input_waiting(c))
 			continue;
-		if (c->started < now)
+		uint64_t age = now - c->started;
+		if (age >= CONN_SILENT_MS)
 			*victim = c;
-		else
-			young_silent = true;
+		else if (young_wait == 0 || CONN_SILENT_MS - age < young_wait)
+			young_wait = CONN_SILENT_MS - age;
 	}
 	if (*victim == NULL && now - oldest->started >= CONN_SHED_AGE_MS)
 		*victim = oldest;
 	if (*victim == NULL) {
-		*retry_ms = young_silent ? 1 :
+		*retry_ms = young_wait > 0 ? young_wait :
 		    CONN_SHED_AGE_MS - (now - oldest->started);
 		return -1;
 	}

@@ -50,13 +50,15 @@ void conn_settings_changed(struct conn *c);
 /*
  * Server, max_handshakes reached: drop (reason handshake_shed) the oldest
  * of t's handshaking connections on this worker that may be shed, so a
- * new one can take its place. One may be shed if it has been given a loop
- * turn to send its first byte and sent none (silent), or, failing that,
- * if its handshake has run for CONN_SHED_AGE_MS. Returns 0 when one was
- * dropped; 1 when this worker has no handshaking connection at all; -1
- * when none may be shed yet, with *retry_ms set to when one may.
+ * new one can take its place. One may be shed if it has been given
+ * CONN_SILENT_MS to send its first byte and sent none (silent), or,
+ * failing that, if its handshake has run for CONN_SHED_AGE_MS. Returns 0
+ * when one was dropped; 1 when this worker has no handshaking connection
+ * at all; -1 when none may be shed yet, with *retry_ms set to when one
+ * may.
  */
 #define CONN_SHED_AGE_MS 1000
+#define CONN_SILENT_MS 10
 int conn_shed_oldest(struct tunnel *t, uint64_t *retry_ms);
 
 /*

@@ -52,10 +52,10 @@ static bool take_slot(struct tunnel *t)
  * accepts anyway (the total may exceed max_handshakes by at most the
  * number of workers - 1, as it may when workers accept at once), so a peer
  * that lands on an idle worker is never locked out by another's flood. A
- * worker whose own handshakes may not be shed yet (all accepted this loop
- * turn, or all still talking and younger than CONN_SHED_AGE_MS) holds the
- * accept like max_connections does, woken when a handshake ends on any
- * worker or by shed_timer when one becomes sheddable.
+ * worker whose own handshakes may not be shed yet (all silent for less
+ * than CONN_SILENT_MS, or all talking and younger than CONN_SHED_AGE_MS)
+ * holds the accept like max_connections does, woken when a handshake ends
+ * on any worker or by shed_timer when one becomes sheddable.
  */
 #define HS_QUIET_MS 5000
 
