@@ -787,46 +787,34 @@ def main():
         cfg.build = snap
         global UPSEAL_HAS_RESUMPTION, UPSEAL_HAS_WORKERS
         probe = os.path.join(tmp, "probe.ini")
-        with open(probe, "w") as f:
-            f.write("[t]\nlisten = 127.0.0.1:1\nconnect = 127.0.0.1:2\n"
-                    "cert = %s\nkey = %s\npin = %s\nresumption = no\n"
-                    % (ids["srv_crt"], ids["srv_key"], ids["cli_pin"]))
-        UPSEAL_HAS_RESUMPTION = subprocess.run(
-            [os.path.join(snap, "upseal-server"), "--check", "-c", probe],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=30).returncode == 0
-        with open(probe, "w") as f:
-            f.write("[upseal]\nworkers = 1\n[t]\nlisten = 127.0.0.1:1\n"
-                    "connect = 127.0.0.1:2\ncert = %s\nkey = %s\npin = %s\n"
-                    % (ids["srv_crt"], ids["srv_key"], ids["cli_pin"]))
-        UPSEAL_HAS_WORKERS = subprocess.run(
-            [os.path.join(snap, "upseal-server"), "--check", "-c", probe],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=30).returncode == 0
+
+        def accepts(role, tunnel_key, upseal=""):
+            """Whether this build's upseal-ROLE --check takes the key
+            (builds of older versions lack some)."""
+            side = "srv" if role == "server" else "cli"
+            peer = "cli" if role == "server" else "srv"
+            with open(probe, "w") as f:
+                f.write("%s[t]\nlisten = 127.0.0.1:1\nconnect = 127.0.0.1:2\n"
+                        "cert = %s\nkey = %s\npin = %s\n%s"
+                        % (upseal, ids[side + "_crt"], ids[side + "_key"],
+                           ids[peer + "_pin"], tunnel_key))
+            return subprocess.run(
+                [os.path.join(snap, "upseal-" + role), "--check", "-c", probe],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                timeout=30).returncode == 0
+
+        UPSEAL_HAS_RESUMPTION = accepts("server", "resumption = no\n")
+        UPSEAL_HAS_WORKERS = accepts("server", "", "[upseal]\nworkers = 1\n")
         if not UPSEAL_HAS_RESUMPTION and "upseal+res" in names:
             log("skipping upseal+res: this build has no `resumption` key")
             names.remove("upseal+res")
         global UPSEAL_HAS_POOL
-        with open(probe, "w") as f:
-            f.write("[t]\nlisten = 127.0.0.1:1\nconnect = 127.0.0.1:2\n"
-                    "cert = %s\nkey = %s\npin = %s\npool = 1\n"
-                    % (ids["cli_crt"], ids["cli_key"], ids["srv_pin"]))
-        UPSEAL_HAS_POOL = subprocess.run(
-            [os.path.join(snap, "upseal-client"), "--check", "-c", probe],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=30).returncode == 0
+        UPSEAL_HAS_POOL = accepts("client", "pool = 1\n")
         if not UPSEAL_HAS_POOL and "upseal+pool" in names:
             log("skipping upseal+pool: this build has no `pool` key")
             names.remove("upseal+pool")
         global UPSEAL_HAS_KTLS
-        with open(probe, "w") as f:
-            f.write("[t]\nlisten = 127.0.0.1:1\nconnect = 127.0.0.1:2\n"
-                    "cert = %s\nkey = %s\npin = %s\nktls = off\n"
-                    % (ids["srv_crt"], ids["srv_key"], ids["cli_pin"]))
-        UPSEAL_HAS_KTLS = subprocess.run(
-            [os.path.join(snap, "upseal-server"), "--check", "-c", probe],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=30).returncode == 0
+        UPSEAL_HAS_KTLS = accepts("server", "ktls = off\n")
         if "upseal+ktls" in names and not (UPSEAL_HAS_KTLS and
                                            kernel_has_ktls()):
             log("skipping upseal+ktls: %s" % (
