@@ -21,13 +21,13 @@ import socket
 import struct
 import time
 
-from harness import (Backend, Proc, Skip, TestFailure, check, check_eq,
+from harness import (Backend, Proc, TestFailure, check, check_eq,
                      free_port, recv_all, recv_exact, scaled, tail, timeout,
                      wait_closed)
 from test_operate import Side, scrape
 from test_pool import _wait_metric
-from test_twohost import (NET_A, NET_B, TwoHosts, _netns_permitted, ns_connect,
-                          stop_group)
+from test_twohost import (NET_A, NET_B, in_two_hosts, netns_or_skip,
+                          ns_connect, stop_group)
 from tlsver import tls13
 
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -899,16 +899,9 @@ def test_twohost_client_address(h):
     through A: B's backend logs 10.231.7.2. Then straight to an
     upseal-client tunnel on A's veth address (proxy_protocol off,
     allow_remote = yes): the remote peer's address is carried too."""
-    ok, why = _netns_permitted()
-    if not ok:
-        raise Skip("ip netns add not permitted here (%s)" % why)
+    netns_or_skip()
     load = _nginx_modules(h, realip=True)
-    net = TwoHosts(h)
-    h.cleanups.append(net.close)      # also runs if the test timed out
-    try:
-        _twohost_in(h, net, load)
-    finally:
-        net.close()
+    in_two_hosts(h, lambda net: _twohost_in(h, net, load))
 
 
 def _twohost_in(h, net, load):

@@ -339,18 +339,29 @@ def _audit(h, net, ini):
     return r.returncode, (r.stdout + r.stderr).decode("utf-8", "replace")
 
 
-def _scenario(h, front):
+def netns_or_skip():
+    """Skip the test where `ip netns add` is not permitted."""
     ok, why = _netns_permitted()
     if not ok:
         raise Skip("ip netns add not permitted here (%s)" % why)
-    check(shutil.which(front), "%s is not installed (tests/deps.sh)" % front)
-    check(shutil.which("curl"), "curl is not installed (tests/deps.sh)")
+
+
+def in_two_hosts(h, fn):
+    """Run fn(net) with two fresh hosts, removed afterwards whatever
+    happens (also if the test times out)."""
     net = TwoHosts(h)
-    h.cleanups.append(net.close)      # also runs if the test timed out
+    h.cleanups.append(net.close)
     try:
-        _scenario_in(h, net, front)
+        fn(net)
     finally:
         net.close()
+
+
+def _scenario(h, front):
+    netns_or_skip()
+    check(shutil.which(front), "%s is not installed (tests/deps.sh)" % front)
+    check(shutil.which("curl"), "curl is not installed (tests/deps.sh)")
+    in_two_hosts(h, lambda net: _scenario_in(h, net, front))
 
 
 def _scenario_in(h, net, front):
