@@ -291,21 +291,6 @@ enum pp_result pp_parse(const unsigned char *buf, size_t len,
 	return parse_v1(buf, len, out, why, whylen);
 }
 
-const unsigned char *pp_tlv_find(const struct pp_header *h, uint8_t type,
-    size_t *len)
-{
-	size_t at = 0;
-	while (h->tlv != NULL && at + 3 <= h->tlv_len) {
-		size_t l = (size_t)h->tlv[at + 1] << 8 | h->tlv[at + 2];
-		if (h->tlv[at] == type) {
-			*len = l;
-			return h->tlv + at + 3;
-		}
-		at += 3 + l;
-	}
-	return NULL;
-}
-
 /* ---- addresses ---- */
 
 static bool mapped_v4(const struct sockaddr_in6 *s)

@@ -94,13 +94,6 @@ enum pp_result pp_parse(const unsigned char *buf, size_t len,
     struct pp_header *out, char *why, size_t whylen);
 
 /*
- * Find the first TLV of type in a parsed header's TLVs: its value and
- * length, or NULL.
- */
-const unsigned char *pp_tlv_find(const struct pp_header *h, uint8_t type,
-    size_t *len);
-
-/*
  * Fill a from a connection's two socket addresses (AF_INET, AF_INET6,
  * IPv4-mapped IPv6 taken as IPv4 when both ends are). 0, or -1 when they
  * are of other or different families (a stays PP_NONE).

@@ -12,6 +12,22 @@ static const unsigned char sig[12] = {
 
 static char why[256];
 
+/* The first TLV of type in a parsed header: its value and length, or NULL. */
+static const unsigned char *tlv_find(const struct pp_header *h, uint8_t type,
+    size_t *len)
+{
+	size_t at = 0;
+	while (h->tlv != NULL && at + 3 <= h->tlv_len) {
+		size_t l = (size_t)h->tlv[at + 1] << 8 | h->tlv[at + 2];
+		if (h->tlv[at] == type) {
+			*len = l;
+			return h->tlv + at + 3;
+		}
+		at += 3 + l;
+	}
+	return NULL;
+}
+
 /* Parse all of text (n bytes); also feed it byte by byte: every proper
  * prefix must be PP_MORE (or the same PP_BAD early), never PP_DONE. */
 static enum pp_result parse_all(const unsigned char *text, size_t n,
@@ -301,9 +317,9 @@ TEST(proxyproto_v2_build_roundtrip)
 	CHECK_INT(h.len, n);
 	CHECK_INT(h.addrs.src_port, 40000);
 	size_t l = 0;
-	const unsigned char *v = pp_tlv_find(&h, PP2_TYPE_AUTHORITY, &l);
+	const unsigned char *v = tlv_find(&h, PP2_TYPE_AUTHORITY, &l);
 	CHECK(v != NULL && l == 16 && memcmp(v, "backend.internal", 16) == 0);
-	v = pp_tlv_find(&h, PP2_TYPE_SSL, &l);
+	v = tlv_find(&h, PP2_TYPE_SSL, &l);
 	CHECK(v != NULL && l == 5 + 10 + 9);
 	CHECK(v != NULL && v[0] == 3);
 
